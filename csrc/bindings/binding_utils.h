@@ -1,0 +1,90 @@
+// Shared helpers for the nanobind binding files: argument checks with uniform messages, dtype
+// mapping, device dispatch. Bindings never include CUDA headers; CUDA entry points are plain C++.
+#pragma once
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/dtype.h"
+#include "common/errors.h"
+
+namespace fastops {
+namespace bind {
+
+namespace nb = nanobind;
+using Array = nb::ndarray<>;
+
+inline bool is_float_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code code) {
+  nb::dlpack::dtype d = a.dtype();
+  return d.code == uint8_t(code) && d.bits == bits && d.lanes == 1;
+}
+
+inline std::string dtype_str(const Array& a) {
+  nb::dlpack::dtype d = a.dtype();
+  const char* kind = "?";
+  switch (nb::dlpack::dtype_code(d.code)) {
+    case nb::dlpack::dtype_code::Int: kind = "int"; break;
+    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+    case nb::dlpack::dtype_code::Float: kind = "float"; break;
+    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
+    case nb::dlpack::dtype_code::Bool: kind = "bool"; break;
+    default: break;
+  }
+  return std::string(kind) + std::to_string(d.bits);
+}
+
+// float32 / float16 / bfloat16 -> DType; anything else is a TypeError naming the argument.
+inline DType float_dtype(const Array& a, const char* op, const char* name) {
+  if (is_float_dtype(a, 32, nb::dlpack::dtype_code::Float)) return DType::f32;
+  if (is_float_dtype(a, 16, nb::dlpack::dtype_code::Float)) return DType::f16;
+  if (is_float_dtype(a, 16, nb::dlpack::dtype_code::Bfloat)) return DType::bf16;
+  throw_type(std::string(op) + ": " + name + " must be float32, float16 or bfloat16, got " + dtype_str(a));
+}
+
+inline void expect_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code code, const char* op,
+                         const char* name, const char* expected) {
+  if (!is_float_dtype(a, bits, code))
+    throw_type(std::string(op) + ": " + name + " must be " + expected + ", got " + dtype_str(a));
+}
+
+inline bool is_contiguous(const Array& a) {
+  int64_t expect = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != expect) return false;
+    expect *= int64_t(a.shape(i));
+  }
+  return true;
+}
+
+inline void expect_contiguous(const Array& a, const char* op, const char* name) {
+  if (!is_contiguous(a)) throw_value(std::string(op) + ": " + name + " must be contiguous");
+}
+
+inline void expect_numel(const Array& a, int64_t numel, const char* op, const char* name) {
+  if (int64_t(a.size()) != numel)
+    throw_value(std::string(op) + ": " + name + " has " + std::to_string(a.size()) +
+                " elements, expected " + std::to_string(numel));
+}
+
+inline void expect_same_device(const Array& a, const Array& b, const char* op, const char* name_a,
+                               const char* name_b) {
+  if (a.device_type() != b.device_type() || a.device_id() != b.device_id())
+    throw_value(std::string(op) + ": " + name_a + " and " + name_b + " must be on the same device");
+}
+
+enum class Device { cpu, cuda };
+
+inline Device device_of(const Array& a, const char* op, const char* name) {
+  if (a.device_type() == nb::device::cpu::value) return Device::cpu;
+  if (a.device_type() == nb::device::cuda::value) return Device::cuda;
+  throw_value(std::string(op) + ": " + name + " must be on a CPU or CUDA device");
+}
+
+[[noreturn]] inline void throw_no_cuda_build() {
+  throw std::runtime_error("fastops was built without CUDA: reinstall with FASTOPS_CUDA=ON (see README)");
+}
+
+}  // namespace bind
+}  // namespace fastops

@@ -1,0 +1,150 @@
+// Bindings of fastops::lut. The Python layer (python/fastops/lut.py) validates user input with
+// friendly messages; these checks are the last line of defence before raw pointers reach a kernel.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <string>
+
+#include "bindings/binding_utils.h"
+#include "lut/lut.h"
+#include "lut/lut_cuda_layout_test.h"
+
+namespace fastops {
+namespace bind {
+namespace {
+
+constexpr const char* kOp = "lut_gemm";
+
+lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& scales, const Array& zeros,
+                              const std::optional<Array>& bias, const Array& y, int64_t m, int64_t k,
+                              int bits, int64_t group_size, int scheme) {
+  if (bits < 1 || bits > 4) throw_value(std::string(kOp) + ": bits must be in 1..4, got " + std::to_string(bits));
+  if (group_size <= 0 || group_size % lut::kGroupMultiple != 0)
+    throw_value(std::string(kOp) + ": group_size must be a positive multiple of 32, got " +
+                std::to_string(group_size));
+  if (scheme != int(lut::Scheme::uniform) && scheme != int(lut::Scheme::bcq))
+    throw_value(std::string(kOp) + ": scheme must be 0 (uniform) or 1 (bcq)");
+  if (m < 0 || k < 0) throw_value(std::string(kOp) + ": m and k must be >= 0");
+  if (x.ndim() != 2 || int64_t(x.shape(1)) != k)
+    throw_value(std::string(kOp) + ": x must have shape [n, " + std::to_string(k) + "]");
+  const int64_t n = int64_t(x.shape(0));
+  if (y.ndim() != 2 || int64_t(y.shape(0)) != n || int64_t(y.shape(1)) != m || (m > 1 && y.stride(1) != 1))
+    throw_value(std::string(kOp) + ": y must have shape [" + std::to_string(n) + ", " + std::to_string(m) +
+                "] with unit stride along m");
+  if (x.stride(0) < 0 || x.stride(1) < 0 || y.stride(0) < 0)
+    throw_value(std::string(kOp) + ": negative strides are not supported");
+
+  const DType dt = float_dtype(x, kOp, "x");
+  if (float_dtype(y, kOp, "y") != dt) throw_type(std::string(kOp) + ": y must have the dtype of x");
+  expect_dtype(planes, 8, nb::dlpack::dtype_code::UInt, kOp, "planes", "uint8");
+  expect_dtype(scales, 16, nb::dlpack::dtype_code::Float, kOp, "scales", "float16");
+  expect_dtype(zeros, 16, nb::dlpack::dtype_code::Float, kOp, "zeros", "float16");
+  for (const Array* a : {&planes, &scales, &zeros}) expect_contiguous(*a, kOp, "packed weight tensors");
+  const int64_t mp = lut::row_tiles(m) * lut::kTileRows, groups = lut::num_groups(k, group_size);
+  const int64_t alphas = scheme == int(lut::Scheme::bcq) ? bits : 1;
+  expect_numel(planes, lut::planes_bytes(m, k, bits), kOp, "planes");
+  expect_numel(scales, groups * alphas * mp, kOp, "scales");
+  expect_numel(zeros, groups * mp, kOp, "zeros");
+  expect_same_device(x, planes, kOp, "x", "planes");
+  expect_same_device(x, scales, kOp, "x", "scales");
+  expect_same_device(x, zeros, kOp, "x", "zeros");
+  expect_same_device(x, y, kOp, "x", "y");
+
+  lut::GemmProblem p;
+  if (bias) {
+    if (bias->ndim() != 1 || int64_t(bias->shape(0)) != m)
+      throw_value(std::string(kOp) + ": bias must have shape [" + std::to_string(m) + "]");
+    if (float_dtype(*bias, kOp, "bias") != dt) throw_type(std::string(kOp) + ": bias must have the dtype of x");
+    expect_contiguous(*bias, kOp, "bias");
+    expect_same_device(x, *bias, kOp, "x", "bias");
+    p.bias = bias->data();
+  }
+  p.x = x.data();
+  p.dtype = dt;
+  p.n = n;
+  p.x_stride_n = x.stride(0);
+  p.x_stride_k = x.stride(1);
+  p.planes = static_cast<const uint8_t*>(planes.data());
+  p.scales = static_cast<const uint16_t*>(scales.data());
+  p.zeros = static_cast<const uint16_t*>(zeros.data());
+  p.m = m;
+  p.k = k;
+  p.bits = bits;
+  p.group_size = group_size;
+  p.scheme = lut::Scheme(scheme);
+  p.y = y.data();
+  p.y_stride_n = y.stride(0);
+  return p;
+}
+
+void lut_gemm(Array x, Array planes, Array scales, Array zeros, std::optional<Array> bias, Array y, int64_t m,
+              int64_t k, int bits, int64_t group_size, int scheme, bool precise, int nthreads,
+              std::uintptr_t stream, std::optional<Array> workspace) {
+  lut::GemmProblem p = make_problem(x, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme);
+  if (device_of(x, kOp, "x") == Device::cpu) {
+    nb::gil_scoped_release nogil;
+    lut::gemm_cpu(p, precise, nthreads);
+    return;
+  }
+#ifdef FASTOPS_WITH_CUDA
+  const std::size_t need = lut::gemm_cuda_workspace_bytes(p);
+  void* ws = nullptr;
+  if (need > 0) {
+    if (!workspace || workspace->size() < need)
+      throw_value(std::string(kOp) + ": workspace must hold at least " + std::to_string(need) + " bytes");
+    expect_same_device(x, *workspace, kOp, "x", "workspace");
+    ws = workspace->data();
+  }
+  nb::gil_scoped_release nogil;
+  lut::gemm_cuda(p, ws, stream);
+#else
+  (void)workspace;
+  (void)stream;
+  throw_no_cuda_build();
+#endif
+}
+
+std::size_t lut_cuda_workspace_bytes(int64_t n, int64_t m, int64_t k, int bits, int64_t group_size, int scheme,
+                                     int dtype) {
+#ifdef FASTOPS_WITH_CUDA
+  lut::GemmProblem p;
+  p.scheme = lut::Scheme(scheme);
+  p.dtype = DType(dtype);
+  p.n = n;
+  p.m = m;
+  p.k = k;
+  p.bits = bits;
+  p.group_size = group_size;
+  return lut::gemm_cuda_workspace_bytes(p);
+#else
+  (void)n, (void)m, (void)k, (void)bits, (void)group_size, (void)scheme, (void)dtype;
+  throw_no_cuda_build();
+#endif
+}
+
+}  // namespace
+
+void register_lut(nb::module_& m) {
+  m.def("lut_gemm", &lut_gemm, nb::arg("x").noconvert(), nb::arg("planes").noconvert(),
+        nb::arg("scales").noconvert(), nb::arg("zeros").noconvert(), nb::arg("bias").noconvert().none(),
+        nb::arg("y").noconvert(), nb::arg("m"), nb::arg("k"), nb::arg("bits"), nb::arg("group_size"),
+        nb::arg("scheme"), nb::arg("precise") = false, nb::arg("nthreads") = 1, nb::arg("stream") = 0,
+        nb::arg("workspace").noconvert().none() = nb::none(),
+        "y[n, m] = x[n, k] @ W^T (+ bias) for a packed LUT weight (layout: csrc/lut/lut_format.h)");
+  m.def("lut_cuda_workspace_bytes", &lut_cuda_workspace_bytes, nb::arg("n"), nb::arg("m"), nb::arg("k"),
+        nb::arg("bits"), nb::arg("group_size"), nb::arg("scheme"), nb::arg("dtype"),
+        "Bytes of device workspace gemm_cuda needs (dtype: 0 float32, 1 float16, 2 bfloat16)");
+  m.def("lut_cpu_kernel_name", [](bool precise) { return std::string(lut::cpu_kernel_name(precise)); },
+        nb::arg("precise") = false);
+  m.def("_lut_cuda_layout_selftest", [] {
+    std::string report;
+    int failures = lut::cuda_layout_selftest(&report);
+    return nb::make_tuple(failures, report);
+  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
+}
+
+}  // namespace bind
+}  // namespace fastops

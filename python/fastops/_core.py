@@ -1,0 +1,82 @@
+"""Plumbing shared by every family's Python layer: argument checks with uniform messages, and the
+device, stream and thread-count choices. Messages always name the operation, the argument, what was
+expected and what was received."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+from . import _C
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Wire codes of csrc/common/dtype.h (DType).
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(op: str, name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_dtype(op: str, name: str, t: torch.Tensor, allowed: Sequence[torch.dtype]) -> None:
+    check_tensor(op, name, t)
+    if t.dtype not in allowed:
+        raise TypeError(f"{op}: {name} must have dtype {_dtype_names(allowed)}; got {str(t.dtype).replace('torch.', '')}")
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, expected: Sequence) -> None:
+    """`expected` may contain None for "any size" in that dimension."""
+    check_tensor(op, name, t)
+    ok = t.dim() == len(expected) and all(e is None or s == e for s, e in zip(t.shape, expected))
+    if not ok:
+        shown = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
+        raise ValueError(f"{op}: {name} must have shape {shown}; got {list(t.shape)}")
+
+
+def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                             f"move them to the same device")
+
+
+def check_finite(op: str, name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{op}: {name} contains NaN or infinite values")
+
+
+def check_int(op: str, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{op}: {name} must be in {rng}, got {value}")
+    return value
+
+
+def check_device_usable(op: str, t: torch.Tensor) -> None:
+    """Raises RuntimeError when fastops cannot run on t's device (CPU-only build, unknown device)."""
+    if t.device.type == "cuda":
+        if not _C.built_with_cuda:
+            raise RuntimeError(f"{op}: fastops was built without CUDA; reinstall with FASTOPS_CUDA=ON "
+                               f"CUDACXX=/usr/local/cuda/bin/nvcc (see README)")
+    elif t.device.type not in ("cpu", "meta"):
+        raise ValueError(f"{op}: tensors on {t.device.type} are not supported (CPU or CUDA only)")
+
+
+def cuda_stream(device: torch.device) -> int:
+    """The raw cudaStream_t of torch's current stream on `device`, as an int (0 for CPU)."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def num_threads() -> int:
+    """CPU kernels use torch's intra-op thread count, so nothing oversubscribes when torch runs too."""
+    return max(1, torch.get_num_threads())

@@ -1,0 +1,516 @@
+"""LUT-based low-bit weight GEMM (mpGEMM): `fastops.lut_gemm(x, w)` with `w = fastops.lut.quantize(...)`.
+
+Weights of shape [M, K] (nn.Linear layout) are stored as q binary planes plus per-group parameters and
+multiplied through lookup tables of signed activation sums (LUT-GEMM, T-MAC); the packed layout is
+described once, in csrc/lut/lut_format.h, and mirrored by `_pack_codes` / `_unpack_codes` here.
+
+Schemes (all weights are `W[m, k]` with group `G = k // group_size`):
+  "asym"     uniform with zero point:  w = s * (Q - Z),  Q in [0, 2^bits), Z in [0, 2^bits) integer;
+             1-bit: the two levels are the means of each side of the group mean (Z fractional)
+  "sym"      uniform, Z = 2^(bits-1) (GPTQ convention); 1-bit: Z = 1/2, w = +-s/2
+  "ternary"  bits = 2, w in {-s, 0, +s} (BitNet b1.58 absmean), stored as Q = t + 1, Z = 1
+  "bcq"      binary-coding quantization: w = sum_i alpha_i * b_i + z, b_i = +-1 (greedy + alternating LS)
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+
+from . import _C
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, check_device_usable, check_dtype, check_finite, check_int,
+                    check_same_device, check_shape, check_tensor, cuda_stream, num_threads)
+
+__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "SCHEMES"]
+
+# Mirrors of csrc/lut/lut_format.h.
+TILE_ROWS = 16
+BLOCK_K = 32
+CHUNK = 4
+BLOCK_BYTES = 64
+GROUP_MULTIPLE = 32
+
+SCHEMES = ("asym", "sym", "bcq", "ternary")
+_KERNEL_SCHEME = {"asym": 0, "sym": 0, "ternary": 0, "bcq": 1}  # lut::Scheme: uniform = 0, bcq = 1
+_STORED_SCHEME = {name: i for i, name in enumerate(SCHEMES)}  # for state_dict metadata
+_FP16_MAX = 65504.0
+_FP16_TINY = 2.0 ** -24
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing: integer codes Q[m, k] = sum_i 2^i beta_i[m, k]  <->  planes uint8 [Mt, Kb, q, 64]
+# ---------------------------------------------------------------------------------------------------
+_PACK_TILES_PER_STEP = 256  # bounds the temporaries of (un)packing to ~bits * 4096 rows * K bytes
+
+
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes uint8 [M, K] -> planes uint8 [Mt, Kb, bits, 64] (lut_format.h)."""
+    m, k = codes.shape
+    mt, kb = _ceil_div(m, TILE_ROWS), _ceil_div(k, BLOCK_K)
+    padded = torch.zeros(mt * TILE_ROWS, kb * BLOCK_K, dtype=torch.uint8, device=codes.device)
+    padded[:m, :k] = codes
+    out = torch.empty(mt, kb, bits, BLOCK_BYTES, dtype=torch.uint8, device=codes.device)
+    shifts = torch.arange(CHUNK, dtype=torch.uint8, device=codes.device)
+    for t0 in range(0, mt, _PACK_TILES_PER_STEP):
+        t1 = min(mt, t0 + _PACK_TILES_PER_STEP)
+        c = padded[t0 * TILE_ROWS:t1 * TILE_ROWS].view(t1 - t0, TILE_ROWS, kb, 2, 4, CHUNK)  # tile,row,kb,nib,lane,j
+        for i in range(bits):
+            beta = (c >> i) & 1
+            idx = (beta << shifts).sum(dim=-1, dtype=torch.uint8)  # tile,row,kb,nib,lane
+            byte = idx[..., 0, :] | (idx[..., 1, :] << 4)  # tile,row,kb,lane
+            out[t0:t1, :, i] = byte.permute(0, 2, 3, 1).reshape(t1 - t0, kb, BLOCK_BYTES)
+    return out
+
+
+def _unpack_codes(planes: torch.Tensor, m: int, k: int, bits: int) -> torch.Tensor:
+    """planes uint8 [Mt, Kb, bits, 64] -> codes uint8 [M, K]."""
+    mt, kb = planes.shape[0], planes.shape[1]
+    codes = torch.zeros(mt, TILE_ROWS, kb, 2, 4, CHUNK, dtype=torch.uint8, device=planes.device)
+    shifts = torch.arange(CHUNK, dtype=torch.uint8, device=planes.device)
+    for i in range(bits):
+        byte = planes[:, :, i].reshape(mt, kb, 4, TILE_ROWS).permute(0, 3, 1, 2)  # tile,row,kb,lane
+        idx = torch.stack((byte & 0xF, byte >> 4), dim=3)  # tile,row,kb,nib,lane
+        beta = (idx.unsqueeze(-1) >> shifts) & 1
+        codes |= beta << i
+    return codes.reshape(mt * TILE_ROWS, kb * BLOCK_K)[:m, :k].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The packed weight
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LutWeight:
+    """A packed low-bit weight of logical shape [out_features, in_features].
+
+    planes: uint8 [ceil(M/16), ceil(K/32), bits, 64] bit planes; scales: float16 [groups, A, Mp]
+    (A = 1, or bits for "bcq"); zeros: float16 [groups, Mp] (zero points, or the bcq offsets);
+    Mp = 16 * ceil(M/16). Layout: csrc/lut/lut_format.h.
+    """
+
+    planes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    shape: tuple
+    bits: int
+    group_size: int
+    scheme: str
+
+    def __post_init__(self):
+        op = "LutWeight"
+        m, k = self.shape
+        check_int(op, "bits", self.bits, 1, 4)
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        _check_group_size(op, self.group_size)
+        mt, kb, groups = _ceil_div(m, TILE_ROWS), _ceil_div(k, BLOCK_K), _ceil_div(k, self.group_size)
+        alphas = self.bits if self.scheme == "bcq" else 1
+        check_dtype(op, "planes", self.planes, (torch.uint8,))
+        check_dtype(op, "scales", self.scales, (torch.float16,))
+        check_dtype(op, "zeros", self.zeros, (torch.float16,))
+        check_shape(op, "planes", self.planes, (mt, kb, self.bits, BLOCK_BYTES))
+        check_shape(op, "scales", self.scales, (groups, alphas, mt * TILE_ROWS))
+        check_shape(op, "zeros", self.zeros, (groups, mt * TILE_ROWS))
+        check_same_device(op, "planes", self.planes, scales=self.scales, zeros=self.zeros)
+        for name in ("planes", "scales", "zeros"):
+            if not getattr(self, name).is_contiguous():
+                raise ValueError(f"{op}: {name} must be contiguous")
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.planes.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed tensors (what a GEMM reads)."""
+        return sum(t.numel() * t.element_size() for t in (self.planes, self.scales, self.zeros))
+
+    def to(self, device) -> "LutWeight":
+        """The same weight on `device` (the packed layout is device independent)."""
+        return dataclasses.replace(self, planes=self.planes.to(device), scales=self.scales.to(device),
+                                   zeros=self.zeros.to(device))
+
+    def cpu(self) -> "LutWeight":
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> "LutWeight":
+        return self.to(torch.device("cuda") if device is None else device)
+
+    def codes(self) -> torch.Tensor:
+        """Integer codes Q[m, k] = sum_i 2^i beta_i (uint8 [M, K])."""
+        return _unpack_codes(self.planes, self.shape[0], self.shape[1], self.bits)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [M, K] this packed weight stands for, computed in float32 (float64 if asked)."""
+        return _dequantize(self.planes, self.scales, self.zeros, self.shape[0], self.shape[1], self.bits,
+                           self.group_size, _KERNEL_SCHEME[self.scheme], dtype)
+
+    def state_dict(self) -> dict:
+        m, k = self.shape
+        meta = torch.tensor([m, k, self.bits, self.group_size, _STORED_SCHEME[self.scheme]], dtype=torch.int64)
+        return {"planes": self.planes, "scales": self.scales, "zeros": self.zeros, "meta": meta}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LutWeight":
+        m, k, bits, group_size, scheme = (int(v) for v in state["meta"].tolist())
+        return cls(planes=state["planes"], scales=state["scales"], zeros=state["zeros"], shape=(m, k),
+                   bits=bits, group_size=group_size, scheme=SCHEMES[scheme])
+
+
+def _dequantize(planes, scales, zeros, m, k, bits, group_size, kernel_scheme, dtype):
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    codes = _unpack_codes(planes, m, k, bits)
+    group_of_k = torch.arange(k, device=planes.device) // group_size
+    s = scales[:, :, :m].to(compute)[group_of_k]  # [K, A, M]
+    z = zeros[:, :m].to(compute)[group_of_k].t()  # [M, K]
+    if kernel_scheme == 0:
+        w = s[:, 0, :].t() * (codes.to(compute) - z)
+    else:
+        w = z.clone()
+        for i in range(bits):
+            b = ((codes >> i) & 1).to(compute) * 2 - 1
+            w += s[:, i, :].t() * b
+    return w.to(dtype)
+
+
+def _check_group_size(op: str, group_size) -> None:
+    check_int(op, "group_size", group_size, 1)
+    if group_size % GROUP_MULTIPLE:
+        raise ValueError(f"{op}: group_size must be a positive multiple of {GROUP_MULTIPLE}, got {group_size}")
+
+
+def _effective_group_size(group_size: Optional[int], k: int) -> int:
+    """None or -1 mean one group per row; otherwise the group size is kept (a last partial group is fine)."""
+    if group_size is None or group_size == -1:
+        return _ceil_div(k, GROUP_MULTIPLE) * GROUP_MULTIPLE
+    return group_size
+
+
+def _assemble(codes, scales, zeros, m, k, bits, group_size, scheme) -> LutWeight:
+    """codes uint8 [M, K]; scales float [M, G, A]; zeros float [M, G] -> LutWeight (padding rows zero)."""
+    mp = _ceil_div(m, TILE_ROWS) * TILE_ROWS
+    groups, alphas = scales.shape[1], scales.shape[2]
+    s = torch.zeros(groups, alphas, mp, dtype=torch.float16, device=codes.device)
+    s[:, :, :m] = scales.permute(1, 2, 0).to(torch.float16)
+    z = torch.zeros(groups, mp, dtype=torch.float16, device=codes.device)
+    z[:, :m] = zeros.t().to(torch.float16)
+    return LutWeight(planes=_pack_codes(codes, bits), scales=s, zeros=z, shape=(m, k), bits=bits,
+                     group_size=group_size, scheme=scheme)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quantizers: each maps full groups w3 [M, G, g] (float32) -> codes uint8 [M, G, g], scales [M, G, A]
+# (already representable in float16), zeros [M, G].
+# ---------------------------------------------------------------------------------------------------
+def _to_fp16_values(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float16).to(torch.float32)
+
+
+def _safe_scale(s: torch.Tensor) -> torch.Tensor:
+    """Scales as stored (float16-rounded), never zero, so codes are computed against the stored scale."""
+    return _to_fp16_values(torch.where(s > 0, s, torch.ones_like(s)).clamp(min=_FP16_TINY))
+
+
+def _quantize_asym(w3: torch.Tensor, bits: int, **_):
+    if bits == 1:  # two levels: the means of each side of the group mean (one Lloyd step), float zero point
+        high = w3 >= w3.mean(dim=-1, keepdim=True)
+        count_hi = high.sum(dim=-1)
+        hi = torch.where(high, w3, 0).sum(dim=-1) / count_hi.clamp(min=1)
+        lo = torch.where(high, 0, w3).sum(dim=-1) / (w3.shape[-1] - count_hi).clamp(min=1)
+        lo = torch.where(count_hi == w3.shape[-1], hi, lo)
+        s = _safe_scale(hi - lo)
+        return high.to(torch.uint8), s[..., None], -lo / s
+    maxq = (1 << bits) - 1
+    wmin, wmax = w3.amin(dim=-1), w3.amax(dim=-1)
+    flat = wmax == wmin
+    # A constant group v is exact as s = |v| (or 1), Z = -v / s, Q = 0.
+    s = torch.where(flat, wmin.abs(), (wmax - wmin) / maxq)
+    s = _safe_scale(s)
+    z = torch.where(flat, -wmin / s, torch.round(-wmin / s).clamp(0, maxq))
+    q = torch.round(w3 / s[..., None] + z[..., None]).clamp(0, maxq)
+    return q.to(torch.uint8), s[..., None], z
+
+
+def _quantize_sym(w3: torch.Tensor, bits: int, **_):
+    if bits == 1:  # +-s/2 with s/2 = mean |w|: the least-squares binary scale
+        s = _safe_scale(2 * w3.abs().mean(dim=-1))
+        z = torch.full_like(s, 0.5)
+        return (w3 >= 0).to(torch.uint8), s[..., None], z
+    maxq, mid = (1 << bits) - 1, 1 << (bits - 1)
+    s = _safe_scale(2 * w3.abs().amax(dim=-1) / maxq)
+    q = (torch.round(w3 / s[..., None]) + mid).clamp(0, maxq)
+    return q.to(torch.uint8), s[..., None], torch.full_like(s, float(mid))
+
+
+def _quantize_ternary(w3: torch.Tensor, bits: int, **_):
+    s = _safe_scale(w3.abs().mean(dim=-1))  # BitNet b1.58 absmean, per group
+    t = torch.round(w3 / s[..., None]).clamp(-1, 1)
+    return (t + 1).to(torch.uint8), s[..., None], torch.ones_like(s)
+
+
+def _bcq_levels(alpha: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Values z + sum_i alpha_i (2 bit_i(c) - 1) for every code c: [..., 2^bits]."""
+    c = torch.arange(1 << bits, device=alpha.device)
+    signs = torch.stack([((c >> i) & 1) * 2 - 1 for i in range(bits)], dim=0).to(alpha.dtype)  # [bits, 2^bits]
+    return z[..., None] + alpha @ signs
+
+
+def _bcq_assign(w3, alpha, z, bits):
+    levels = _bcq_levels(alpha, z, bits)  # [M, G, 2^bits]
+    return (w3[..., None] - levels[..., None, :]).abs().argmin(dim=-1)  # [M, G, g]
+
+
+def _quantize_bcq(w3: torch.Tensor, bits: int, bcq_iters: int = 10, **_):
+    # Greedy: offset = mean, then peel off one +-alpha plane at a time from the residual.
+    z = w3.mean(dim=-1)
+    r = w3 - z[..., None]
+    alphas, signs = [], []
+    for _i in range(bits):
+        a = r.abs().mean(dim=-1)
+        b = torch.where(r >= 0, 1.0, -1.0)
+        alphas.append(a)
+        signs.append(b)
+        r = r - a[..., None] * b
+    alpha = torch.stack(alphas, dim=-1)  # [M, G, bits]
+    codes = sum(((signs[i] > 0).to(torch.int64) << i) for i in range(bits))
+    # Alternating least squares: solve for (alpha, z) given the signs, then re-pick the best code.
+    c_bits = torch.arange(bits, device=w3.device)
+    for _it in range(bcq_iters):
+        b = (((codes[..., None] >> c_bits) & 1) * 2 - 1).to(w3.dtype)  # [M, G, g, bits]
+        design = torch.cat([b, torch.ones_like(b[..., :1])], dim=-1)  # [M, G, g, bits + 1]
+        gram = design.transpose(-1, -2) @ design
+        eye = torch.eye(bits + 1, device=w3.device, dtype=w3.dtype)
+        gram = gram + eye * (1e-6 * gram.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30)
+        rhs = design.transpose(-1, -2) @ w3[..., None]
+        theta = torch.linalg.solve(gram, rhs)[..., 0]
+        alpha, z = theta[..., :bits], theta[..., bits]
+        codes = _bcq_assign(w3, alpha, z, bits)
+    alpha, z = _to_fp16_values(alpha), _to_fp16_values(z)
+    codes = _bcq_assign(w3, alpha, z, bits)  # final codes against the stored (float16) parameters
+    return codes.to(torch.uint8), alpha, z
+
+
+_QUANTIZERS = {"asym": _quantize_asym, "sym": _quantize_sym, "ternary": _quantize_ternary, "bcq": _quantize_bcq}
+_ROWS_PER_STEP_ELEMS = 1 << 22  # quantize in row slices to bound bcq's [rows, K, 2^bits] temporaries
+
+
+def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
+             bcq_iters: int = 10) -> LutWeight:
+    """Quantize a float weight w[M, K] (nn.Linear layout) to a packed LutWeight.
+
+    bits: 1..4 ("ternary" needs 2). group_size: a multiple of 32 (K need not be a multiple of it; the
+    last group may be partial), or None / -1 for one group per row. scheme: "asym", "sym", "bcq",
+    "ternary". bcq_iters: alternating least-squares rounds of the bcq fit.
+    """
+    op = "lut.quantize"
+    check_dtype(op, "w", w, FLOAT_DTYPES + (torch.float64,))
+    if w.dim() != 2:
+        raise ValueError(f"{op}: w must have shape [out_features, in_features]; got {list(w.shape)}")
+    check_int(op, "bits", bits, 1, 4)
+    if scheme not in SCHEMES:
+        raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "ternary" and bits != 2:
+        raise ValueError(f"{op}: scheme 'ternary' needs bits=2, got bits={bits}")
+    check_int(op, "bcq_iters", bcq_iters, 0)
+    m, k = w.shape
+    if m == 0 or k == 0:
+        raise ValueError(f"{op}: w must be non-empty; got shape {list(w.shape)}")
+    group_size = _effective_group_size(group_size, k)
+    _check_group_size(op, group_size)
+    check_finite(op, "w", w)
+    if float(w.abs().amax()) > _FP16_MAX:
+        raise ValueError(f"{op}: w has values beyond the float16 range of the stored scales (|w| > 65504)")
+
+    quantizer = _QUANTIZERS[scheme]
+    full, rest = divmod(k, group_size)
+    rows_per_step = max(1, _ROWS_PER_STEP_ELEMS // (k << (bits if scheme == "bcq" else 0)))
+    codes_parts, scale_parts, zero_parts = [], [], []
+    for r0 in range(0, m, rows_per_step):
+        wr = w[r0:r0 + rows_per_step].to(torch.float32)
+        pieces = []
+        if full:
+            pieces.append(quantizer(wr[:, :full * group_size].reshape(wr.shape[0], full, group_size), bits,
+                                    bcq_iters=bcq_iters))
+        if rest:
+            pieces.append(quantizer(wr[:, full * group_size:].reshape(wr.shape[0], 1, rest), bits,
+                                    bcq_iters=bcq_iters))
+        codes_parts.append(torch.cat([p[0].reshape(wr.shape[0], -1) for p in pieces], dim=1))
+        scale_parts.append(torch.cat([p[1] for p in pieces], dim=1))
+        zero_parts.append(torch.cat([p[2] for p in pieces], dim=1))
+    return _assemble(torch.cat(codes_parts), torch.cat(scale_parts), torch.cat(zero_parts), m, k, bits,
+                     group_size, scheme)
+
+
+def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor] = None, *, bits: int,
+         group_size: Optional[int] = 128) -> LutWeight:
+    """Import an already-quantized weight: w[m, k] = scales[m, g] * (qweight[m, k] - zeros[m, g]), g = k // group_size.
+
+    qweight: integer codes [M, K] in [0, 2^bits) (unpack GPTQ/AWQ int32 words first); scales:
+    [M, groups] float; zeros: [M, groups] integer or float zero points (HQQ-style float zeros are kept
+    as float16), or None for the symmetric midpoint 2^(bits-1).
+    """
+    op = "lut.pack"
+    check_int(op, "bits", bits, 1, 4)
+    check_tensor(op, "qweight", qweight)
+    if qweight.dtype.is_floating_point or qweight.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"{op}: qweight must be an integer tensor of codes, got {str(qweight.dtype).replace('torch.', '')}")
+    if qweight.dim() != 2:
+        raise ValueError(f"{op}: qweight must have shape [out_features, in_features]; got {list(qweight.shape)}")
+    m, k = qweight.shape
+    if m == 0 or k == 0:
+        raise ValueError(f"{op}: qweight must be non-empty; got shape {list(qweight.shape)}")
+    group_size = _effective_group_size(group_size, k)
+    _check_group_size(op, group_size)
+    groups = _ceil_div(k, group_size)
+    check_dtype(op, "scales", scales, FLOAT_DTYPES + (torch.float64,))
+    check_shape(op, "scales", scales, (m, groups))
+    check_same_device(op, "qweight", qweight, scales=scales, zeros=zeros)
+    check_finite(op, "scales", scales)
+    if int(qweight.min()) < 0 or int(qweight.max()) >= (1 << bits):
+        raise ValueError(f"{op}: qweight codes must lie in [0, {(1 << bits) - 1}] for bits={bits}; "
+                         f"got [{int(qweight.min())}, {int(qweight.max())}]")
+    if zeros is None:
+        zeros = torch.full((m, groups), 0.5 if bits == 1 else float(1 << (bits - 1)), device=qweight.device)
+    else:
+        check_dtype(op, "zeros", zeros, FLOAT_DTYPES + (torch.float64, torch.int32, torch.int64, torch.int16,
+                                                        torch.uint8, torch.int8))
+        check_shape(op, "zeros", zeros, (m, groups))
+        check_finite(op, "zeros", zeros)
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if float(t.abs().amax()) > _FP16_MAX:
+            raise ValueError(f"{op}: {name} has values beyond the float16 range (65504)")
+    return _assemble(qweight.to(torch.uint8), scales.to(torch.float32)[..., None], zeros.to(torch.float32), m, k,
+                     bits, group_size, "asym")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The operator: torch.ops.fastops.lut_gemm (custom op, fake, autograd) and fastops.lut_gemm
+# ---------------------------------------------------------------------------------------------------
+@torch.library.custom_op("fastops::lut_gemm", mutates_args=(), device_types=("cpu", "cuda"))
+def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 bias: Optional[torch.Tensor], m: int, k: int, bits: int, group_size: int, scheme: int,
+                 precise: bool) -> torch.Tensor:
+    x2 = x.detach().reshape(-1, k)  # a view unless the leading dims cannot be flattened
+    y = torch.empty((x2.shape[0], m), dtype=x.dtype, device=x.device)
+    bias = None if bias is None else bias.detach()
+    if x.device.type == "cuda":
+        with torch.cuda.device(x.device):
+            nbytes = _C.lut_cuda_workspace_bytes(x2.shape[0], m, k, bits, group_size, scheme, DTYPE_CODE[x.dtype])
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
+            _C.lut_gemm(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
+                        stream=cuda_stream(x.device), workspace=workspace)
+    else:
+        _C.lut_gemm(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
+                    nthreads=num_threads())
+    return y.view(*x.shape[:-1], m)
+
+
+@_lut_gemm_op.register_fake
+def _(x, planes, scales, zeros, bias, m, k, bits, group_size, scheme, precise):
+    torch._check(x.shape[-1] == k)
+    return x.new_empty((*x.shape[:-1], m))
+
+
+def _lut_gemm_setup(ctx, inputs, output):
+    x, planes, scales, zeros, bias, m, k, bits, group_size, scheme, _precise = inputs
+    ctx.save_for_backward(planes, scales, zeros)
+    ctx.meta = (m, k, bits, group_size, scheme)
+    ctx.bias_needs_grad = bias is not None and bias.requires_grad
+
+
+def _lut_gemm_backward(ctx, grad):
+    # Frozen weights: dx = dy @ W. W is dequantized on the fly (adapter fine-tuning, not a hot path).
+    planes, scales, zeros = ctx.saved_tensors
+    m, k, bits, group_size, scheme = ctx.meta
+    w = _dequantize(planes, scales, zeros, m, k, bits, group_size, scheme, torch.float32)
+    grad_x = (grad.to(torch.float32) @ w).to(grad.dtype)
+    grad_bias = grad.reshape(-1, m).sum(dim=0) if ctx.bias_needs_grad else None
+    return grad_x, None, None, None, grad_bias, None, None, None, None, None, None
+
+
+_lut_gemm_op.register_autograd(_lut_gemm_backward, setup_context=_lut_gemm_setup)
+
+
+def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None, *,
+             precise: bool = False) -> torch.Tensor:
+    """y = x @ w.dequantize().T (+ bias) for x[..., K] in float32/float16/bfloat16 on CPU or CUDA.
+
+    Accumulates in float32 and returns x's dtype. On the CPU the default looks up int8-quantized tables
+    (relative error <= 1e-2 on normal data); `precise=True` uses float32 tables and matches the
+    dequantized reference to float32 round-off. Differentiable with respect to x (and bias).
+    """
+    op = "lut_gemm"
+    if not isinstance(w, LutWeight):
+        raise TypeError(f"{op}: w must be a fastops.lut.LutWeight (see fastops.lut.quantize), got {type(w).__name__}")
+    check_dtype(op, "x", x, FLOAT_DTYPES)
+    m, k = w.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x must have shape [..., {k}] (w is [{m}, {k}]); got {list(x.shape)}")
+    if bias is not None:
+        check_dtype(op, "bias", bias, FLOAT_DTYPES)
+        check_shape(op, "bias", bias, (m,))
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have the dtype of x ({str(x.dtype).replace('torch.', '')}); "
+                            f"got {str(bias.dtype).replace('torch.', '')}")
+    check_same_device(op, "x", x, w=w.planes, bias=bias)
+    check_device_usable(op, x)
+    if not isinstance(precise, bool):
+        raise TypeError(f"{op}: precise must be a bool, got {type(precise).__name__}")
+    if bias is not None and not bias.is_contiguous():
+        raise ValueError(f"{op}: bias must be contiguous")
+    return _lut_gemm_op(x, w.planes, w.scales, w.zeros, bias, m, k, w.bits, w.group_size,
+                        _KERNEL_SCHEME[w.scheme], precise)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole-model conversion
+# ---------------------------------------------------------------------------------------------------
+SkipSpec = Union[None, Iterable[str], Callable[[str, torch.nn.Module], bool]]
+
+
+def _skipped(skip: SkipSpec, name: str, module: torch.nn.Module) -> bool:
+    if skip is None:
+        return False
+    if callable(skip):
+        return bool(skip(name, module))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
+
+
+def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
+                   skip: SkipSpec = ("lm_head",), precise: bool = False, progress: Optional[bool] = None,
+                   bcq_iters: int = 10) -> torch.nn.Module:
+    """Replace every nn.Linear of `model` (in place) by fastops.nn.LutLinear and return the model.
+
+    skip: module-name glob patterns (default: "lm_head") or a predicate (name, module) -> bool.
+    progress: show a tqdm bar (default: when there are 16 or more layers).
+    """
+    from .nn import LutLinear
+
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if type(mod) is torch.nn.Linear and not _skipped(skip, name, mod)]
+    if progress is None:
+        progress = len(targets) >= 16
+    items = targets
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(targets, desc=f"fastops: quantizing to {bits}-bit {scheme}", unit="layer")
+    for name, linear in items:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LutLinear.from_linear(linear, bits=bits, group_size=group_size, scheme=scheme,
+                                                     precise=precise, bcq_iters=bcq_iters))
+    return model
