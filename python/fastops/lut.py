@@ -270,8 +270,11 @@ def _bcq_levels(alpha: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor
 
 
 def _bcq_assign(w3, alpha, z, bits):
-    levels = _bcq_levels(alpha, z, bits)  # [M, G, 2^bits]
-    return (w3[..., None] - levels[..., None, :]).abs().argmin(dim=-1)  # [M, G, g]
+    """Code of the nearest level for every weight: bucketize against the midpoints of the sorted levels."""
+    levels, order = _bcq_levels(alpha, z, bits).sort(dim=-1)  # [M, G, 2^bits]
+    midpoints = (levels[..., 1:] + levels[..., :-1]) * 0.5
+    rank = torch.searchsorted(midpoints.contiguous(), w3.contiguous())  # [M, G, g]
+    return order.gather(-1, rank)
 
 
 def _quantize_bcq(w3: torch.Tensor, bits: int, bcq_iters: int = 10, **_):
@@ -292,11 +295,11 @@ def _quantize_bcq(w3: torch.Tensor, bits: int, bcq_iters: int = 10, **_):
     for _it in range(bcq_iters):
         b = (((codes[..., None] >> c_bits) & 1) * 2 - 1).to(w3.dtype)  # [M, G, g, bits]
         design = torch.cat([b, torch.ones_like(b[..., :1])], dim=-1)  # [M, G, g, bits + 1]
-        gram = design.transpose(-1, -2) @ design
+        gram = torch.einsum("...gi,...gj->...ij", design, design)
         eye = torch.eye(bits + 1, device=w3.device, dtype=w3.dtype)
         gram = gram + eye * (1e-6 * gram.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30)
-        rhs = design.transpose(-1, -2) @ w3[..., None]
-        theta = torch.linalg.solve(gram, rhs)[..., 0]
+        rhs = torch.einsum("...gi,...g->...i", design, w3)
+        theta = torch.linalg.solve(gram, rhs)
         alpha, z = theta[..., :bits], theta[..., bits]
         codes = _bcq_assign(w3, alpha, z, bits)
     alpha, z = _to_fp16_values(alpha), _to_fp16_values(z)
@@ -305,7 +308,7 @@ def _quantize_bcq(w3: torch.Tensor, bits: int, bcq_iters: int = 10, **_):
 
 
 _QUANTIZERS = {"asym": _quantize_asym, "sym": _quantize_sym, "ternary": _quantize_ternary, "bcq": _quantize_bcq}
-_ROWS_PER_STEP_ELEMS = 1 << 22  # quantize in row slices to bound bcq's [rows, K, 2^bits] temporaries
+_ROWS_PER_STEP_ELEMS = 1 << 22  # quantize in row slices to bound the [rows, K, bits + 1] temporaries of bcq
 
 
 def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
@@ -337,7 +340,7 @@ def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme
 
     quantizer = _QUANTIZERS[scheme]
     full, rest = divmod(k, group_size)
-    rows_per_step = max(1, _ROWS_PER_STEP_ELEMS // (k << (bits if scheme == "bcq" else 0)))
+    rows_per_step = max(1, _ROWS_PER_STEP_ELEMS // (k * (bits + 1)))
     codes_parts, scale_parts, zero_parts = [], [], []
     for r0 in range(0, m, rows_per_step):
         wr = w[r0:r0 + rows_per_step].to(torch.float32)

@@ -1,0 +1,322 @@
+// CPU LUT GEMM: per-token table construction, the portable kernels (int8 tables and the precise
+// fp32-table mode) and the dispatch to the SIMD kernels. Inputs are validated by the caller.
+//
+// Work split: tables are built once per call (parallel over (token, group)); the GEMM then runs
+// parallel over 16-row tiles, each tile streaming its contiguous packed weights once per token
+// block. Within a k block integer (int8 mode) or fp32 (precise mode) sums are flushed into fp32
+// row accumulators with coefficient * table unit; the zero-point term offset * S_G is added once
+// per group.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "lut/lut.h"
+#include "lut/lut_cpu_kernels.h"
+
+namespace fastops {
+namespace lut {
+namespace {
+
+using detail::Int8Tables;
+using detail::kTableBytes;
+using detail::kTableEntries;
+using detail::kTableSlots;
+
+template <DType D>
+float load_elem(const void* base, int64_t i) {
+  if constexpr (D == DType::f32) return static_cast<const float*>(base)[i];
+  if constexpr (D == DType::f16) return half_to_float(static_cast<const uint16_t*>(base)[i]);
+  if constexpr (D == DType::bf16) return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+}
+
+template <DType D>
+void store_elem(void* base, int64_t i, float v) {
+  if constexpr (D == DType::f32) static_cast<float*>(base)[i] = v;
+  if constexpr (D == DType::f16) static_cast<uint16_t*>(base)[i] = float_to_half(v);
+  if constexpr (D == DType::bf16) static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
+}
+
+// x[n, 32 kb .. 32 kb + 31] as fp32, zero past K.
+template <DType D>
+void gather_block(const GemmProblem& p, int64_t n, int64_t kb, float* xs) {
+  const int64_t k0 = kb * kBlockK;
+  for (int j = 0; j < kBlockK; ++j) {
+    const int64_t k = k0 + j;
+    xs[j] = k < p.k ? load_elem<D>(p.x, n * p.x_stride_n + k * p.x_stride_k) : 0.0f;
+  }
+}
+
+// The 8 table entries with the MSB set, T(8 + c) for c < 8, of the chunk x[0..3].
+void msb_entries(const float* x, float* t) {
+  for (int c = 0; c < 8; ++c)
+    t[c] = x[3] + ((c & 1) ? x[0] : -x[0]) + ((c & 2) ? x[1] : -x[1]) + ((c & 4) ? x[2] : -x[2]);
+}
+
+// fp32 tables (precise mode): [kb][slot][16] floats, unit 1.
+void build_fp32_block(const float* xs, float* table) {
+  for (int u = 0; u < kTableSlots; ++u) {
+    float msb[8];
+    msb_entries(xs + kChunk * u, msb);
+    float* t = table + detail::table_slot(u) * kTableEntries;
+    for (int c = 0; c < 8; ++c) {
+      t[8 + c] = msb[c];
+      t[7 - c] = -msb[c];  // 7 - c == (8 + c) ^ 15
+    }
+  }
+}
+
+// Round to nearest even for |v| < 2^22 without a libm call (baseline x86-64 has no roundps).
+float round_even(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+// int8 hi + residual tables of one k block (lut_cpu_kernels.h); returns the unit. Written as flat
+// loops over the 64 MSB entries so the compiler vectorizes them.
+float build_int8_block(const float* xs, int8_t* lut) {
+  constexpr int kMsb = kTableSlots * 8;
+  float msb[kMsb];
+  float absmax = 0.0f;
+  for (int u = 0; u < kTableSlots; ++u) {
+    const float* x = xs + kChunk * u;
+    msb_entries(x, msb + 8 * u);
+    absmax = std::max(absmax, std::fabs(x[0]) + std::fabs(x[1]) + std::fabs(x[2]) + std::fabs(x[3]));
+  }
+  if (absmax == 0.0f) {
+    std::memset(lut, 0, kTableBytes);
+    return 0.0f;
+  }
+  const float inv = 127.0f / absmax;
+  int8_t h8[kMsb], r8[kMsb];
+  for (int i = 0; i < kMsb; ++i) {
+    const float q = msb[i] * inv;
+    const float h = std::min(127.0f, std::max(-127.0f, round_even(q)));
+    const float r = std::min(2.0f, std::max(-2.0f, round_even(detail::kResidualSteps * (q - h))));
+    h8[i] = int8_t(int(h));
+    r8[i] = int8_t(int(r));
+  }
+  int8_t* hi = lut;
+  int8_t* res = lut + kTableSlots * kTableEntries;
+  for (int u = 0; u < kTableSlots; ++u) {
+    const int base = detail::table_slot(u) * kTableEntries;
+    for (int c = 0; c < 8; ++c) {
+      hi[base + 8 + c] = h8[8 * u + c];
+      hi[base + 7 - c] = int8_t(-h8[8 * u + c]);  // 7 - c == (8 + c) ^ 15
+      res[base + 8 + c] = r8[8 * u + c];
+      res[base + 7 - c] = int8_t(-r8[8 * u + c]);
+    }
+  }
+  return absmax / (127.0f * detail::kResidualSteps);
+}
+
+// Tables of token n, group G: every k block of the group, plus the group's fp32 sum of x.
+template <DType D, bool kPrecise>
+void build_group(const GemmProblem& p, int64_t n, int64_t group, int64_t kblocks, int64_t ngroups,
+                 void* tables, float* unit, float* group_sum) {
+  const int64_t per_group = p.group_size / kBlockK;
+  const int64_t kb_end = std::min(kblocks, (group + 1) * per_group);
+  float sum = 0.0f;
+  for (int64_t kb = group * per_group; kb < kb_end; ++kb) {
+    float xs[kBlockK];
+    gather_block<D>(p, n, kb, xs);
+    for (float v : xs) sum += v;
+    const int64_t slot = n * kblocks + kb;
+    if constexpr (kPrecise) {
+      build_fp32_block(xs, static_cast<float*>(tables) + slot * kTableSlots * kTableEntries);
+      unit[slot] = 1.0f;
+    } else {
+      unit[slot] = build_int8_block(xs, static_cast<int8_t*>(tables) + slot * kTableBytes);
+    }
+  }
+  group_sum[n * ngroups + group] = sum;
+}
+
+// Table views for the portable kernel: entry(n, kb, slot, idx) in integer units of unit(n, kb).
+struct Int8View {
+  using Acc = int32_t;
+  const Int8Tables& t;
+  Acc entry(int64_t n, int64_t kb, int slot, int idx) const {
+    const int8_t* lut = t.lut + (n * t.kblocks + kb) * kTableBytes + slot * kTableEntries + idx;
+    return detail::kResidualSteps * lut[0] + lut[kTableSlots * kTableEntries];
+  }
+};
+struct Fp32View {
+  using Acc = float;
+  const float* tables;
+  int64_t kblocks;
+  Acc entry(int64_t n, int64_t kb, int slot, int idx) const {
+    return tables[((n * kblocks + kb) * kTableSlots + slot) * kTableEntries + idx];
+  }
+};
+
+template <DType D>
+void store_tile(const GemmProblem& p, int64_t n, int64_t tile, const float* acc) {
+  const int64_t m0 = tile * kTileRows;
+  const int rows = int(std::min<int64_t>(kTileRows, p.m - m0));
+  for (int r = 0; r < rows; ++r) {
+    float v = acc[r];
+    if (p.bias) v = v + load_elem<D>(p.bias, m0 + r);
+    store_elem<D>(p.y, n * p.y_stride_n + m0 + r, v);
+  }
+}
+
+// Portable kernel for one tile and a token range; View decides int8 or fp32 tables. Follows the
+// AVX2 kernel's order of fp32 operations exactly (see lut_cpu_kernels.h).
+template <DType D, Scheme S, class View>
+void tile_portable(const GemmProblem& p, const View& view, const float* unit, const float* group_sum,
+                   int64_t kblocks, int64_t ngroups, int64_t tile, int64_t n_begin, int64_t n_end) {
+  using Acc = typename View::Acc;
+  const int bits = p.bits;
+  const int64_t mp = row_tiles(p.m) * kTileRows, m0 = tile * kTileRows;
+  const int ncoef = S == Scheme::bcq ? bits : 1;
+  const int64_t per_group = p.group_size / kBlockK;
+  const uint8_t* wtile = p.planes + block_offset(tile, 0, 0, kblocks, bits);
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    float acc[kTileRows] = {};
+    for (int64_t g = 0; g < ngroups; ++g) {
+      float coef[4][kTileRows], offset[kTileRows];
+      for (int r = 0; r < kTileRows; ++r) {
+        const float z = half_to_float(p.zeros[g * mp + m0 + r]);
+        for (int a = 0; a < ncoef; ++a) {
+          const float s = half_to_float(p.scales[(g * ncoef + a) * mp + m0 + r]);
+          coef[a][r] = S == Scheme::bcq ? s : uniform_plane_coef(s, 0);
+        }
+        offset[r] = S == Scheme::bcq ? z : uniform_offset(half_to_float(p.scales[g * mp + m0 + r]), z, bits);
+      }
+      const int64_t kb_end = std::min(kblocks, (g + 1) * per_group);
+      for (int64_t kb = g * per_group; kb < kb_end; ++kb) {
+        const float u = unit[n * kblocks + kb];
+        Acc sum[kTileRows] = {};
+        for (int plane = bits - 1; plane >= 0; --plane) {
+          const uint8_t* blk = wtile + (kb * bits + plane) * kBlockBytes;
+          const Acc weight = S == Scheme::uniform ? Acc(1 << plane) : Acc(1);
+          for (int r = 0; r < kTileRows; ++r) {
+            Acc lookups = 0;
+            for (int slot = 0; slot < kTableSlots; ++slot) {
+              const int lane = 2 * (slot / 4) + slot % 2, nibble = (slot / 2) % 2;
+              const int idx = (blk[lane * 16 + r] >> (4 * nibble)) & 15;
+              lookups += view.entry(n, kb, slot, idx);
+            }
+            sum[r] += weight * lookups;
+          }
+          if (S == Scheme::bcq || plane == 0) {
+            const int a = S == Scheme::bcq ? plane : 0;
+            for (int r = 0; r < kTileRows; ++r) {
+              acc[r] = std::fma(float(sum[r]), coef[a][r] * u, acc[r]);
+              sum[r] = 0;
+            }
+          }
+        }
+      }
+      const float sg = group_sum[n * ngroups + g];
+      for (int r = 0; r < kTileRows; ++r) acc[r] = std::fma(offset[r], sg, acc[r]);
+    }
+    store_tile<D>(p, n, tile, acc);
+  }
+}
+
+// Call f with the runtime dtype / scheme as a compile-time constant (std::integral_constant).
+template <class F>
+void with_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::f32: f(std::integral_constant<DType, DType::f32>{}); break;
+    case DType::f16: f(std::integral_constant<DType, DType::f16>{}); break;
+    case DType::bf16: f(std::integral_constant<DType, DType::bf16>{}); break;
+  }
+}
+template <class F>
+void with_scheme(Scheme s, F&& f) {
+  if (s == Scheme::bcq)
+    f(std::integral_constant<Scheme, Scheme::bcq>{});
+  else
+    f(std::integral_constant<Scheme, Scheme::uniform>{});
+}
+
+}  // namespace
+
+namespace detail {
+void int8_tile_scalar(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
+                      int64_t n_end) {
+  with_dtype(p.dtype, [&](auto d) {
+    with_scheme(p.scheme, [&](auto s) {
+      tile_portable<d.value, s.value>(p, Int8View{t}, t.unit, t.group_sum, t.kblocks, t.ngroups, tile,
+                                      n_begin, n_end);
+    });
+  });
+}
+}  // namespace detail
+
+namespace {
+using Int8TileFn = void (*)(const GemmProblem&, const Int8Tables&, int64_t, int64_t, int64_t);
+Int8TileFn int8_tile_kernel() {
+#ifdef FASTOPS_HAVE_AVX2_KERNELS
+  if (active_isa() >= Isa::avx2) return detail::int8_tile_avx2;
+#endif
+  return detail::int8_tile_scalar;
+}
+}  // namespace
+
+const char* cpu_kernel_name(bool precise) {
+  if (precise) return "portable-fp32";
+  return int8_tile_kernel() == detail::int8_tile_scalar ? "scalar-int8" : "avx2-int8";
+}
+
+void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
+  if (p.m <= 0 || p.n <= 0) return;
+  const int64_t kblocks = k_blocks(p.k), ngroups = num_groups(p.k, p.group_size);
+  const int64_t tiles = row_tiles(p.m);
+
+  // Tables: one (token, group) pair per work item.
+  const int64_t table_bytes = precise ? kTableSlots * kTableEntries * int64_t(sizeof(float)) : kTableBytes;
+  std::vector<uint8_t> table_store(size_t(p.n * kblocks * table_bytes) + 64);
+  void* tables = table_store.data() + (-reinterpret_cast<uintptr_t>(table_store.data()) & 63);
+  std::vector<float> unit(size_t(p.n * kblocks)), group_sum(size_t(p.n * ngroups));
+  const int64_t groups_per_piece = std::max<int64_t>(1, 1024 / p.group_size);
+  parallel_for(p.n * ngroups, groups_per_piece, nthreads, [&](int64_t b, int64_t e) {
+    with_dtype(p.dtype, [&](auto d) {
+      for (int64_t i = b; i < e; ++i) {
+        if (precise)
+          build_group<d.value, true>(p, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
+                                     group_sum.data());
+        else
+          build_group<d.value, false>(p, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
+                                      group_sum.data());
+      }
+    });
+  });
+
+  // GEMM: items are (tile, token range); tokens are split only when tiles alone cannot keep
+  // every thread busy.
+  const int64_t min_items = 8 * int64_t(std::max(1, nthreads));
+  const int64_t token_splits = tiles >= min_items ? 1 : std::min(p.n, (min_items + tiles - 1) / tiles);
+  const int64_t tokens_per_item = (p.n + token_splits - 1) / token_splits;
+  const int64_t items = tiles * token_splits;
+  const Int8Tables int8_tables{static_cast<const int8_t*>(tables), unit.data(), group_sum.data(),
+                               kblocks, ngroups};
+  const Fp32View fp32_view{static_cast<const float*>(tables), kblocks};
+  const Int8TileFn int8_tile = int8_tile_kernel();
+  parallel_for(items, 1, nthreads, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t tile = i / token_splits, n0 = (i % token_splits) * tokens_per_item;
+      const int64_t n1 = std::min(p.n, n0 + tokens_per_item);
+      if (n0 >= n1) continue;
+      if (precise)
+        with_dtype(p.dtype, [&](auto d) {
+          with_scheme(p.scheme, [&](auto s) {
+            tile_portable<d.value, s.value>(p, fp32_view, unit.data(), group_sum.data(), kblocks, ngroups,
+                                            tile, n0, n1);
+          });
+        });
+      else
+        int8_tile(p, int8_tables, tile, n0, n1);
+    }
+  });
+}
+
+}  // namespace lut
+}  // namespace fastops

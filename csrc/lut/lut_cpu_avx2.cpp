@@ -1,0 +1,255 @@
+// AVX2 int8-table LUT GEMM kernel (compiled with -mavx2 -mfma -mf16c; called only after a CPUID
+// check). Tables and their integer bounds: lut_cpu_kernels.h.
+//
+// Per 64-byte plane block (16 rows x 32 k of one bit plane): two 32-byte loads, four nibble
+// vectors, and per token four vpshufb into the hi tables and four into the residual tables. Hi
+// lookups are widened to int16 pairwise with vpmaddubsw, whose unsigned operand carries the plane
+// weight (uniform: 4 * 2^plane, so the planes combine in int16; bcq: 4); the small residual
+// lookups are summed in int8 (uniform: Horner over planes, |sum| <= 120). Once per k block (bcq:
+// per plane) the int16 sums are widened to int32, the two 128-bit lanes (different chunks of the
+// same rows) are added, and the result is flushed into fp32 with coefficient * table unit.
+//
+// This file must not use inline functions shared with other translation units (dtype.h helpers,
+// std containers): the linker could keep this AVX2 copy for callers on CPUs without AVX2.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "lut/lut_cpu_kernels.h"
+
+namespace fastops {
+namespace lut {
+namespace detail {
+namespace {
+
+// Values of the 16 rows of a tile: rows 0-7 and 8-15.
+struct Rows {
+  __m256 lo, hi;
+};
+
+Rows load_half_rows(const uint16_t* h) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))),
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 8)))};
+}
+
+__m256 bf16x8_to_float(const uint16_t* b) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// fp32 -> bf16 bits in the low half of each 32-bit lane, round to nearest even, nan stays nan.
+__m256i float_to_bf16x8(__m256 v) {
+  const __m256i x = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(x, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+}
+
+template <DType D>
+Rows load_rows(const void* base) {
+  if constexpr (D == DType::f32) {
+    const float* f = static_cast<const float*>(base);
+    return {_mm256_loadu_ps(f), _mm256_loadu_ps(f + 8)};
+  } else if constexpr (D == DType::f16) {
+    return load_half_rows(static_cast<const uint16_t*>(base));
+  } else {
+    const uint16_t* b = static_cast<const uint16_t*>(base);
+    return {bf16x8_to_float(b), bf16x8_to_float(b + 8)};
+  }
+}
+
+template <DType D>
+void store_rows(void* base, Rows v) {
+  if constexpr (D == DType::f32) {
+    float* f = static_cast<float*>(base);
+    _mm256_storeu_ps(f, v.lo);
+    _mm256_storeu_ps(f + 8, v.hi);
+  } else if constexpr (D == DType::f16) {
+    __m128i* h = static_cast<__m128i*>(base);
+    _mm_storeu_si128(h, _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128(h + 1, _mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    const __m256i packed = _mm256_packus_epi32(float_to_bf16x8(v.lo), float_to_bf16x8(v.hi));
+    _mm256_storeu_si256(static_cast<__m256i*>(base), _mm256_permute4x64_epi64(packed, 0xd8));
+  }
+}
+
+// y[n, m0 .. m0 + rows) = acc + bias. A partial tile goes through a buffer: bias and y hold only
+// m elements.
+template <DType D>
+void store_tile(const GemmProblem& p, int64_t n, int64_t m0, Rows acc) {
+  constexpr int64_t elem = D == DType::f32 ? 4 : 2;
+  const int64_t rows = p.m - m0 < kTileRows ? p.m - m0 : kTileRows;
+  alignas(32) unsigned char buf[kTileRows * 4] = {};
+  if (p.bias) {
+    const unsigned char* b = static_cast<const unsigned char*>(p.bias) + m0 * elem;
+    if (rows < kTileRows) b = static_cast<const unsigned char*>(std::memcpy(buf, b, rows * elem));
+    const Rows bias = load_rows<D>(b);
+    acc.lo = _mm256_add_ps(acc.lo, bias.lo);
+    acc.hi = _mm256_add_ps(acc.hi, bias.hi);
+  }
+  unsigned char* y = static_cast<unsigned char*>(p.y) + (n * p.y_stride_n + m0) * elem;
+  if (rows == kTileRows) {
+    store_rows<D>(y, acc);
+  } else {
+    store_rows<D>(buf, acc);
+    std::memcpy(y, buf, rows * elem);
+  }
+}
+
+// acc += coef * unit * (int16 sums + residual bytes). sum_lo / sum_hi hold rows 0-7 / 8-15 as
+// int16, with different chunks of those rows in the two 128-bit lanes; res holds one int8 per row
+// per lane in byte order.
+void flush(__m256i sum_lo, __m256i sum_hi, __m256i res, Rows coef, float unit, Rows& acc) {
+  const __m256i first_byte = _mm256_set1_epi16(1);  // vpmaddubsw weights (1, 0): sign-extend
+  sum_lo = _mm256_add_epi16(sum_lo, _mm256_maddubs_epi16(first_byte, _mm256_unpacklo_epi8(res, res)));
+  sum_hi = _mm256_add_epi16(sum_hi, _mm256_maddubs_epi16(first_byte, _mm256_unpackhi_epi8(res, res)));
+  // Each lane fits int16 but their sum may not: widen first.
+  const __m256i v_lo = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum_lo)),
+                                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sum_lo, 1)));
+  const __m256i v_hi = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum_hi)),
+                                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sum_hi, 1)));
+  const __m256 u = _mm256_set1_ps(unit);
+  acc.lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v_lo), _mm256_mul_ps(coef.lo, u), acc.lo);
+  acc.hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v_hi), _mm256_mul_ps(coef.hi, u), acc.hi);
+}
+
+// Software prefetch distance for the weight stream (~8 k blocks at 4 bits): the hardware
+// prefetcher alone left the N = 1 loop short of memory bandwidth.
+constexpr uintptr_t kPrefetchBytes = 2048;
+
+// fp32 accumulators of one tile for tokens [n0, n0 + NB): the tile's weights are decoded once per
+// k block and plane and looked up for all NB tokens. Bits is a template argument so the plane loop
+// unrolls and the plane weights become constants.
+template <Scheme S, int Bits, int NB>
+void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, Rows* acc) {
+  constexpr int bits = Bits;
+  const int64_t kblocks = t.kblocks, mp = row_tiles(p.m) * kTileRows, m0 = tile * kTileRows;
+  const int64_t per_group = p.group_size / kBlockK;
+  const int ncoef = S == Scheme::bcq ? bits : 1;
+  const uint8_t* wtile = p.planes + block_offset(tile, 0, 0, kblocks, bits);
+  const __m256i nibble_mask = _mm256_set1_epi8(0x0f);
+  for (int j = 0; j < NB; ++j) acc[j] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+
+  for (int64_t g = 0; g < t.ngroups; ++g) {
+    Rows coef[4], offset;
+    const Rows z = load_half_rows(p.zeros + g * mp + m0);
+    for (int a = 0; a < ncoef; ++a) coef[a] = load_half_rows(p.scales + (g * ncoef + a) * mp + m0);
+    if (S == Scheme::uniform) {  // coef = s / 2, offset = s ((2^q - 1) / 2 - Z): lut_format.h
+      const __m256 half_range = _mm256_set1_ps(float((1 << bits) - 1) * 0.5f);
+      offset = {_mm256_mul_ps(coef[0].lo, _mm256_sub_ps(half_range, z.lo)),
+                _mm256_mul_ps(coef[0].hi, _mm256_sub_ps(half_range, z.hi))};
+      coef[0] = {_mm256_mul_ps(coef[0].lo, _mm256_set1_ps(0.5f)),
+                 _mm256_mul_ps(coef[0].hi, _mm256_set1_ps(0.5f))};
+    } else {
+      offset = z;
+    }
+
+    const int64_t kb_end = (g + 1) * per_group < kblocks ? (g + 1) * per_group : kblocks;
+    for (int64_t kb = g * per_group; kb < kb_end; ++kb) {
+      const uint8_t* blk = wtile + kb * bits * kBlockBytes;
+      // Tiles are contiguous, so this runs ahead into the next tile too. Integer address math:
+      // the hint may point past the array (prefetches never fault).
+      for (int l = 0; l < bits; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(blk) + kPrefetchBytes +
+                                                   l * kBlockBytes),
+                     _MM_HINT_T0);
+      const int8_t* lut[NB];
+      float unit[NB];
+      __m256i sum_lo[NB], sum_hi[NB], res[NB];
+      for (int j = 0; j < NB; ++j) {
+        lut[j] = t.lut + ((n0 + j) * kblocks + kb) * kTableBytes;
+        unit[j] = t.unit[(n0 + j) * kblocks + kb];
+        sum_lo[j] = sum_hi[j] = res[j] = _mm256_setzero_si256();
+      }
+      for (int plane = bits - 1; plane >= 0; --plane) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + plane * kBlockBytes));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + plane * kBlockBytes + 32));
+        const __m256i idx[4] = {_mm256_and_si256(w0, nibble_mask),
+                                _mm256_and_si256(_mm256_srli_epi16(w0, 4), nibble_mask),
+                                _mm256_and_si256(w1, nibble_mask),
+                                _mm256_and_si256(_mm256_srli_epi16(w1, 4), nibble_mask)};
+        const __m256i weight = _mm256_set1_epi8(char(S == Scheme::uniform ? 4 << plane : 4));
+        for (int j = 0; j < NB; ++j) {
+          const __m256i* tab = reinterpret_cast<const __m256i*>(lut[j]);
+          __m256i h[4], r[4];
+          for (int v = 0; v < 4; ++v) {
+            h[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + v), idx[v]);
+            r[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + 4 + v), idx[v]);
+          }
+          sum_lo[j] = _mm256_add_epi16(
+              sum_lo[j], _mm256_add_epi16(_mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(h[0], h[1])),
+                                          _mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(h[2], h[3]))));
+          sum_hi[j] = _mm256_add_epi16(
+              sum_hi[j], _mm256_add_epi16(_mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(h[0], h[1])),
+                                          _mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(h[2], h[3]))));
+          const __m256i rsum = _mm256_add_epi8(_mm256_add_epi8(r[0], r[1]), _mm256_add_epi8(r[2], r[3]));
+          res[j] = S == Scheme::uniform ? _mm256_add_epi8(_mm256_add_epi8(res[j], res[j]), rsum) : rsum;
+        }
+        if (S == Scheme::bcq || plane == 0) {
+          const Rows& c = coef[S == Scheme::bcq ? plane : 0];
+          for (int j = 0; j < NB; ++j) {
+            flush(sum_lo[j], sum_hi[j], res[j], c, unit[j], acc[j]);
+            sum_lo[j] = sum_hi[j] = _mm256_setzero_si256();
+          }
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j) {
+      const __m256 sg = _mm256_set1_ps(t.group_sum[(n0 + j) * t.ngroups + g]);
+      acc[j] = {_mm256_fmadd_ps(offset.lo, sg, acc[j].lo), _mm256_fmadd_ps(offset.hi, sg, acc[j].hi)};
+    }
+  }
+}
+
+template <Scheme S, int Bits, int NB, DType D>
+void token_block(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0) {
+  Rows acc[NB];
+  accumulate_tile<S, Bits, NB>(p, t, tile, n0, acc);
+  for (int j = 0; j < NB; ++j) store_tile<D>(p, n0 + j, tile * kTileRows, acc[j]);
+}
+
+constexpr int kTokenBlock = 4;
+
+template <Scheme S, int Bits, DType D>
+void tile_tokens(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  for (; n + kTokenBlock <= n_end; n += kTokenBlock) token_block<S, Bits, kTokenBlock, D>(p, t, tile, n);
+  for (; n < n_end; ++n) token_block<S, Bits, 1, D>(p, t, tile, n);
+}
+
+template <Scheme S, DType D>
+void tile_tokens_bits(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, int64_t n1) {
+  switch (p.bits) {
+    case 1: tile_tokens<S, 1, D>(p, t, tile, n0, n1); break;
+    case 2: tile_tokens<S, 2, D>(p, t, tile, n0, n1); break;
+    case 3: tile_tokens<S, 3, D>(p, t, tile, n0, n1); break;
+    case 4: tile_tokens<S, 4, D>(p, t, tile, n0, n1); break;
+  }
+}
+
+template <DType D>
+void tile_tokens_scheme(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, int64_t n1) {
+  if (p.scheme == Scheme::bcq)
+    tile_tokens_bits<Scheme::bcq, D>(p, t, tile, n0, n1);
+  else
+    tile_tokens_bits<Scheme::uniform, D>(p, t, tile, n0, n1);
+}
+
+}  // namespace
+
+void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin, int64_t n_end) {
+  switch (p.dtype) {
+    case DType::f32: tile_tokens_scheme<DType::f32>(p, t, tile, n_begin, n_end); break;
+    case DType::f16: tile_tokens_scheme<DType::f16>(p, t, tile, n_begin, n_end); break;
+    case DType::bf16: tile_tokens_scheme<DType::bf16>(p, t, tile, n_begin, n_end); break;
+  }
+}
+
+}  // namespace detail
+}  // namespace lut
+}  // namespace fastops

@@ -1,0 +1,54 @@
+// Private to the CPU LUT GEMM: the per-token int8 tables that lut_cpu.cpp builds and the per-ISA
+// kernels consume, and the per-ISA entry points.
+//
+// Int8 tables (one set per token n and 32-wide k block kb; chunk u = 4 activations, lut_format.h):
+//   T(c) = sum_j (2 bit_j(c) - 1) x[4u + j] is stored as 4 T / unit ~= 4 h(c) + r(c), with
+//   h = round(T / D) in [-127, 127] ("hi" table) and r = round(4 (T / D - h)) in [-2, 2] ("residual"
+//   table), D = max over the block's 8 chunks of sum_j |x_j| / 127 and unit = D / 4. So a lookup
+//   carries ~9 bits of precision while both tables stay byte tables for vpshufb. Only the 8 entries
+//   with the MSB set are computed; T(c ^ 15) = -T(c) holds exactly (h and r are negated too).
+//   Layout per (n, kb): 256 bytes = hi[8][16] then residual[8][16], the 8 tables in "slot" order:
+//   slot = 4 * (lane / 2) + 2 * nibble + lane % 2 for chunk u (lane = u % 4, nibble = u / 4), so a
+//   32-byte half of the packed 64-byte plane block meets its tables as two 32-byte vectors
+//   (slots 0-1: low nibbles of bytes 0-31, slots 2-3: their high nibbles, slots 4-7 likewise for
+//   bytes 32-63).
+// Integer bounds (uniform, q = 4, one k block): hi part 4 * 15 * 4 * 127 = 30480 per lane plus
+// residual 15 * 4 * 2 = 120, so int16 accumulation within a k block cannot overflow.
+#pragma once
+#include <cstdint>
+
+#include "lut/lut.h"
+
+namespace fastops {
+namespace lut {
+namespace detail {
+
+constexpr int kTableSlots = 8;
+constexpr int kTableEntries = 16;
+constexpr int kTableBytes = 2 * kTableSlots * kTableEntries;  // hi + residual, per (token, kb)
+constexpr int kResidualSteps = 4;                             // unit = D / kResidualSteps
+
+// Slot of chunk u (0..7) in the table layout above.
+inline int table_slot(int u) {
+  int lane = u % 4, nibble = u / 4;
+  return 4 * (lane / 2) + 2 * nibble + lane % 2;
+}
+
+struct Int8Tables {
+  const int8_t* lut;       // [n][kblocks][kTableBytes]
+  const float* unit;       // [n][kblocks]: value of one integer step of 4 h + r
+  const float* group_sum;  // [n][ngroups]: fp32 sum of x over the group (the zero-point term)
+  int64_t kblocks, ngroups;
+};
+
+// Computes rows [16 tile, 16 tile + 16) of y for tokens [n_begin, n_end), bias included, and stores
+// them in p.dtype. The scalar and AVX2 versions perform the same integer sums and the same fp32
+// operations in the same order, so they agree bit for bit.
+void int8_tile_scalar(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
+                      int64_t n_end);
+void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
+                    int64_t n_end);
+
+}  // namespace detail
+}  // namespace lut
+}  // namespace fastops
