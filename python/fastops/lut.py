@@ -262,16 +262,16 @@ def _quantize_ternary(w3: torch.Tensor, bits: int, **_):
     return (t + 1).to(torch.uint8), s[..., None], torch.ones_like(s)
 
 
-def _bcq_levels(alpha: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor:
-    """Values z + sum_i alpha_i (2 bit_i(c) - 1) for every code c: [..., 2^bits]."""
-    c = torch.arange(1 << bits, device=alpha.device)
-    signs = torch.stack([((c >> i) & 1) * 2 - 1 for i in range(bits)], dim=0).to(alpha.dtype)  # [bits, 2^bits]
-    return z[..., None] + alpha @ signs
+def _bcq_signs(bits: int, device) -> torch.Tensor:
+    """Row c holds the signs (2 bit_i(c) - 1) of code c, and a trailing 1 for the offset: [2^bits, bits + 1]."""
+    c = torch.arange(1 << bits, device=device)
+    signs = [((c >> i) & 1) * 2 - 1 for i in range(bits)] + [torch.ones_like(c)]
+    return torch.stack(signs, dim=1).to(torch.float32)
 
 
-def _bcq_assign(w3, alpha, z, bits):
+def _bcq_assign(w3, theta, signs):
     """Code of the nearest level for every weight: bucketize against the midpoints of the sorted levels."""
-    levels, order = _bcq_levels(alpha, z, bits).sort(dim=-1)  # [M, G, 2^bits]
+    levels, order = (theta @ signs.t()).sort(dim=-1)  # [M, G, 2^bits], theta = (alpha, z)
     midpoints = (levels[..., 1:] + levels[..., :-1]) * 0.5
     rank = torch.searchsorted(midpoints.contiguous(), w3.contiguous())  # [M, G, g]
     return order.gather(-1, rank)
@@ -281,34 +281,34 @@ def _quantize_bcq(w3: torch.Tensor, bits: int, bcq_iters: int = 10, **_):
     # Greedy: offset = mean, then peel off one +-alpha plane at a time from the residual.
     z = w3.mean(dim=-1)
     r = w3 - z[..., None]
-    alphas, signs = [], []
-    for _i in range(bits):
+    alphas, codes = [], torch.zeros(w3.shape, dtype=torch.int64, device=w3.device)
+    for i in range(bits):
         a = r.abs().mean(dim=-1)
-        b = torch.where(r >= 0, 1.0, -1.0)
+        positive = r >= 0
         alphas.append(a)
-        signs.append(b)
-        r = r - a[..., None] * b
-    alpha = torch.stack(alphas, dim=-1)  # [M, G, bits]
-    codes = sum(((signs[i] > 0).to(torch.int64) << i) for i in range(bits))
-    # Alternating least squares: solve for (alpha, z) given the signs, then re-pick the best code.
-    c_bits = torch.arange(bits, device=w3.device)
+        codes |= positive.to(torch.int64) << i
+        r = r - a[..., None] * torch.where(positive, 1.0, -1.0)
+    theta = torch.cat([torch.stack(alphas, dim=-1), z[..., None]], dim=-1)  # [M, G, bits + 1]
+    # Alternating least squares: solve for (alpha, z) given the codes, then re-pick the best codes.
+    # The normal equations only need per-code counts and per-code sums of w (the design rows are the
+    # sign rows of the codes), so nothing of size [group, bits + 1] is materialized.
+    signs = _bcq_signs(bits, w3.device)
+    outer = (signs[:, :, None] * signs[:, None, :]).reshape(1 << bits, -1)  # [2^bits, (bits + 1)^2]
+    eye = torch.eye(bits + 1, device=w3.device)
     for _it in range(bcq_iters):
-        b = (((codes[..., None] >> c_bits) & 1) * 2 - 1).to(w3.dtype)  # [M, G, g, bits]
-        design = torch.cat([b, torch.ones_like(b[..., :1])], dim=-1)  # [M, G, g, bits + 1]
-        gram = torch.einsum("...gi,...gj->...ij", design, design)
-        eye = torch.eye(bits + 1, device=w3.device, dtype=w3.dtype)
-        gram = gram + eye * (1e-6 * gram.diagonal(dim1=-2, dim2=-1).mean(dim=-1)[..., None, None] + 1e-30)
-        rhs = torch.einsum("...gi,...g->...i", design, w3)
-        theta = torch.linalg.solve(gram, rhs)
-        alpha, z = theta[..., :bits], theta[..., bits]
-        codes = _bcq_assign(w3, alpha, z, bits)
-    alpha, z = _to_fp16_values(alpha), _to_fp16_values(z)
-    codes = _bcq_assign(w3, alpha, z, bits)  # final codes against the stored (float16) parameters
-    return codes.to(torch.uint8), alpha, z
+        counts = torch.zeros(*w3.shape[:-1], 1 << bits, device=w3.device).scatter_add_(-1, codes, torch.ones_like(w3))
+        sums = torch.zeros_like(counts).scatter_add_(-1, codes, w3)
+        gram = (counts @ outer).view(*w3.shape[:-1], bits + 1, bits + 1)
+        gram = gram + eye * (1e-6 * w3.shape[-1])  # planes that never flip sign make gram singular
+        theta = torch.linalg.solve(gram, sums @ signs)
+        codes = _bcq_assign(w3, theta, signs)
+    theta = _to_fp16_values(theta)
+    codes = _bcq_assign(w3, theta, signs)  # final codes against the stored (float16) parameters
+    return codes.to(torch.uint8), theta[..., :bits], theta[..., bits]
 
 
 _QUANTIZERS = {"asym": _quantize_asym, "sym": _quantize_sym, "ternary": _quantize_ternary, "bcq": _quantize_bcq}
-_ROWS_PER_STEP_ELEMS = 1 << 22  # quantize in row slices to bound the [rows, K, bits + 1] temporaries of bcq
+_ROWS_PER_STEP_ELEMS = 1 << 22  # quantize in row slices to bound the temporaries of bcq
 
 
 def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
