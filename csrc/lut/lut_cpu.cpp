@@ -76,9 +76,11 @@ float round_even(float v) {
   return (v + kMagic) - kMagic;
 }
 
-// int8 hi + residual tables of one k block (lut_cpu_kernels.h); returns the unit. Written as flat
-// loops over the 64 MSB entries so the compiler vectorizes them.
-float build_int8_block(const float* xs, int8_t* lut) {
+}  // namespace
+
+namespace detail {
+// Written as flat loops over the 64 MSB entries so the compiler vectorizes them.
+float int8_block_scalar(const float* xs, int8_t* lut) {
   constexpr int kMsb = kTableSlots * 8;
   float msb[kMsb];
   float absmax = 0.0f;
@@ -113,11 +115,15 @@ float build_int8_block(const float* xs, int8_t* lut) {
   }
   return absmax / (127.0f * detail::kResidualSteps);
 }
+}  // namespace detail
+
+namespace {
+using Int8BlockFn = float (*)(const float*, int8_t*);
 
 // Tables of token n, group G: every k block of the group, plus the group's fp32 sum of x.
 template <DType D, bool kPrecise>
-void build_group(const GemmProblem& p, int64_t n, int64_t group, int64_t kblocks, int64_t ngroups,
-                 void* tables, float* unit, float* group_sum) {
+void build_group(const GemmProblem& p, Int8BlockFn int8_block, int64_t n, int64_t group, int64_t kblocks,
+                 int64_t ngroups, void* tables, float* unit, float* group_sum) {
   const int64_t per_group = p.group_size / kBlockK;
   const int64_t kb_end = std::min(kblocks, (group + 1) * per_group);
   float sum = 0.0f;
@@ -130,7 +136,7 @@ void build_group(const GemmProblem& p, int64_t n, int64_t group, int64_t kblocks
       build_fp32_block(xs, static_cast<float*>(tables) + slot * kTableSlots * kTableEntries);
       unit[slot] = 1.0f;
     } else {
-      unit[slot] = build_int8_block(xs, static_cast<int8_t*>(tables) + slot * kTableBytes);
+      unit[slot] = int8_block(xs, static_cast<int8_t*>(tables) + slot * kTableBytes);
     }
   }
   group_sum[n * ngroups + group] = sum;
@@ -140,16 +146,16 @@ void build_group(const GemmProblem& p, int64_t n, int64_t group, int64_t kblocks
 struct Int8View {
   using Acc = int32_t;
   const Int8Tables& t;
-  Acc entry(int64_t n, int64_t kb, int slot, int idx) const {
+  Acc entry(int64_t n, int64_t kb, int slot, int idx, bool with_residual) const {
     const int8_t* lut = t.lut + (n * t.kblocks + kb) * kTableBytes + slot * kTableEntries + idx;
-    return detail::kResidualSteps * lut[0] + lut[kTableSlots * kTableEntries];
+    return detail::kResidualSteps * lut[0] + (with_residual ? lut[kTableSlots * kTableEntries] : 0);
   }
 };
 struct Fp32View {
   using Acc = float;
   const float* tables;
   int64_t kblocks;
-  Acc entry(int64_t n, int64_t kb, int slot, int idx) const {
+  Acc entry(int64_t n, int64_t kb, int slot, int idx, bool) const {
     return tables[((n * kblocks + kb) * kTableSlots + slot) * kTableEntries + idx];
   }
 };
@@ -195,12 +201,13 @@ void tile_portable(const GemmProblem& p, const View& view, const float* unit, co
         for (int plane = bits - 1; plane >= 0; --plane) {
           const uint8_t* blk = wtile + (kb * bits + plane) * kBlockBytes;
           const Acc weight = S == Scheme::uniform ? Acc(1 << plane) : Acc(1);
+          const bool with_residual = detail::uses_residual(S, bits, plane);
           for (int r = 0; r < kTileRows; ++r) {
             Acc lookups = 0;
             for (int slot = 0; slot < kTableSlots; ++slot) {
               const int lane = 2 * (slot / 4) + slot % 2, nibble = (slot / 2) % 2;
               const int idx = (blk[lane * 16 + r] >> (4 * nibble)) & 15;
-              lookups += view.entry(n, kb, slot, idx);
+              lookups += view.entry(n, kb, slot, idx, with_residual);
             }
             sum[r] += weight * lookups;
           }
@@ -252,18 +259,22 @@ void int8_tile_scalar(const GemmProblem& p, const Int8Tables& t, int64_t tile, i
 }  // namespace detail
 
 namespace {
-using Int8TileFn = void (*)(const GemmProblem&, const Int8Tables&, int64_t, int64_t, int64_t);
-Int8TileFn int8_tile_kernel() {
+// The table builder and tile kernel of one ISA; they produce bit-identical results on every ISA.
+struct Int8Kernels {
+  Int8BlockFn block;
+  void (*tile)(const GemmProblem&, const Int8Tables&, int64_t, int64_t, int64_t);
+};
+Int8Kernels int8_kernels() {
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
-  if (active_isa() >= Isa::avx2) return detail::int8_tile_avx2;
+  if (active_isa() >= Isa::avx2) return {detail::int8_block_avx2, detail::int8_tile_avx2};
 #endif
-  return detail::int8_tile_scalar;
+  return {detail::int8_block_scalar, detail::int8_tile_scalar};
 }
 }  // namespace
 
 const char* cpu_kernel_name(bool precise) {
   if (precise) return "portable-fp32";
-  return int8_tile_kernel() == detail::int8_tile_scalar ? "scalar-int8" : "avx2-int8";
+  return int8_kernels().tile == detail::int8_tile_scalar ? "scalar-int8" : "avx2-int8";
 }
 
 void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
@@ -276,15 +287,16 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   std::vector<uint8_t> table_store(size_t(p.n * kblocks * table_bytes) + 64);
   void* tables = table_store.data() + (-reinterpret_cast<uintptr_t>(table_store.data()) & 63);
   std::vector<float> unit(size_t(p.n * kblocks)), group_sum(size_t(p.n * ngroups));
+  const Int8Kernels kernels = int8_kernels();
   const int64_t groups_per_piece = std::max<int64_t>(1, 1024 / p.group_size);
   parallel_for(p.n * ngroups, groups_per_piece, nthreads, [&](int64_t b, int64_t e) {
     with_dtype(p.dtype, [&](auto d) {
       for (int64_t i = b; i < e; ++i) {
         if (precise)
-          build_group<d.value, true>(p, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
+          build_group<d.value, true>(p, kernels.block, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
                                      group_sum.data());
         else
-          build_group<d.value, false>(p, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
+          build_group<d.value, false>(p, kernels.block, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
                                       group_sum.data());
       }
     });
@@ -293,14 +305,17 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   // GEMM: items are (tile, token range); tokens are split only when tiles alone cannot keep
   // every thread busy.
   const int64_t min_items = 8 * int64_t(std::max(1, nthreads));
+  // Items go out in a few contiguous pieces per thread: each thread then streams long runs of
+  // packed weights, which its software prefetch covers (single tiles alternating between threads
+  // left N = 1 well short of memory bandwidth); four pieces per thread keep the load balanced.
+  const int64_t pieces = 4 * int64_t(std::max(1, nthreads));
   const int64_t token_splits = tiles >= min_items ? 1 : std::min(p.n, (min_items + tiles - 1) / tiles);
   const int64_t tokens_per_item = (p.n + token_splits - 1) / token_splits;
   const int64_t items = tiles * token_splits;
   const Int8Tables int8_tables{static_cast<const int8_t*>(tables), unit.data(), group_sum.data(),
                                kblocks, ngroups};
   const Fp32View fp32_view{static_cast<const float*>(tables), kblocks};
-  const Int8TileFn int8_tile = int8_tile_kernel();
-  parallel_for(items, 1, nthreads, [&](int64_t b, int64_t e) {
+  parallel_for(items, (items + pieces - 1) / pieces, nthreads, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t tile = i / token_splits, n0 = (i % token_splits) * tokens_per_item;
       const int64_t n1 = std::min(p.n, n0 + tokens_per_item);
@@ -313,7 +328,7 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
           });
         });
       else
-        int8_tile(p, int8_tables, tile, n0, n1);
+        kernels.tile(p, int8_tables, tile, n0, n1);
     }
   });
 }

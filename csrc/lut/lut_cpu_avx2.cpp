@@ -2,10 +2,10 @@
 // check). Tables and their integer bounds: lut_cpu_kernels.h.
 //
 // Per 64-byte plane block (16 rows x 32 k of one bit plane): two 32-byte loads, four nibble
-// vectors, and per token four vpshufb into the hi tables and four into the residual tables. Hi
-// lookups are widened to int16 pairwise with vpmaddubsw, whose unsigned operand carries the plane
-// weight (uniform: 4 * 2^plane, so the planes combine in int16; bcq: 4); the small residual
-// lookups are summed in int8 (uniform: Horner over planes, |sum| <= 120). Once per k block (bcq:
+// vectors, and per token four vpshufb into the hi tables, plus four into the residual tables on
+// the planes that use them (lut_cpu_kernels.h). Hi lookups are widened to int16 pairwise with
+// vpmaddubsw, whose unsigned operand carries the plane weight (uniform: 4 * 2^plane, so the planes
+// combine in int16; bcq: 4); the small residual lookups are summed in int8. Once per k block (bcq:
 // per plane) the int16 sums are widened to int32, the two 128-bit lanes (different chunks of the
 // same rows) are added, and the result is flushed into fp32 with coefficient * table unit.
 //
@@ -101,11 +101,11 @@ void store_tile(const GemmProblem& p, int64_t n, int64_t m0, Rows acc) {
   }
 }
 
-// acc += coef * unit * (int16 sums + residual bytes). sum_lo / sum_hi hold rows 0-7 / 8-15 as
-// int16, with different chunks of those rows in the two 128-bit lanes; res holds one int8 per row
-// per lane in byte order.
-void flush(__m256i sum_lo, __m256i sum_hi, __m256i res, Rows coef, float unit, Rows& acc) {
-  const __m256i first_byte = _mm256_set1_epi16(1);  // vpmaddubsw weights (1, 0): sign-extend
+// acc += coef * unit * (int16 sums + res_weight * residual bytes). sum_lo / sum_hi hold rows 0-7 /
+// 8-15 as int16, with different chunks of those rows in the two 128-bit lanes; res holds one int8
+// per row per lane in byte order.
+void flush(__m256i sum_lo, __m256i sum_hi, __m256i res, int res_weight, Rows coef, float unit, Rows& acc) {
+  const __m256i first_byte = _mm256_set1_epi16(short(res_weight));  // vpmaddubsw weights (w, 0)
   sum_lo = _mm256_add_epi16(sum_lo, _mm256_maddubs_epi16(first_byte, _mm256_unpacklo_epi8(res, res)));
   sum_hi = _mm256_add_epi16(sum_hi, _mm256_maddubs_epi16(first_byte, _mm256_unpackhi_epi8(res, res)));
   // Each lane fits int16 but their sum may not: widen first.
@@ -118,9 +118,9 @@ void flush(__m256i sum_lo, __m256i sum_hi, __m256i res, Rows coef, float unit, R
   acc.hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v_hi), _mm256_mul_ps(coef.hi, u), acc.hi);
 }
 
-// Software prefetch distance for the weight stream (~8 k blocks at 4 bits): the hardware
-// prefetcher alone left the N = 1 loop short of memory bandwidth.
-constexpr uintptr_t kPrefetchBytes = 2048;
+// Software prefetch distance for the weight stream (~16 k blocks at 4 bits): the hardware
+// prefetcher stops at 4 KiB pages and alone left the N = 1 loop short of memory bandwidth.
+constexpr uintptr_t kPrefetchBytes = 4096;
 
 // fp32 accumulators of one tile for tokens [n0, n0 + NB): the tile's weights are decoded once per
 // k block and plane and looked up for all NB tokens. Bits is a template argument so the plane loop
@@ -174,26 +174,28 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
                                 _mm256_and_si256(w1, nibble_mask),
                                 _mm256_and_si256(_mm256_srli_epi16(w1, 4), nibble_mask)};
         const __m256i weight = _mm256_set1_epi8(char(S == Scheme::uniform ? 4 << plane : 4));
+        const bool with_residual = uses_residual(S, Bits, plane);
         for (int j = 0; j < NB; ++j) {
           const __m256i* tab = reinterpret_cast<const __m256i*>(lut[j]);
-          __m256i h[4], r[4];
-          for (int v = 0; v < 4; ++v) {
-            h[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + v), idx[v]);
-            r[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + 4 + v), idx[v]);
-          }
+          __m256i h[4];
+          for (int v = 0; v < 4; ++v) h[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + v), idx[v]);
           sum_lo[j] = _mm256_add_epi16(
               sum_lo[j], _mm256_add_epi16(_mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(h[0], h[1])),
                                           _mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(h[2], h[3]))));
           sum_hi[j] = _mm256_add_epi16(
               sum_hi[j], _mm256_add_epi16(_mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(h[0], h[1])),
                                           _mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(h[2], h[3]))));
-          const __m256i rsum = _mm256_add_epi8(_mm256_add_epi8(r[0], r[1]), _mm256_add_epi8(r[2], r[3]));
-          res[j] = S == Scheme::uniform ? _mm256_add_epi8(_mm256_add_epi8(res[j], res[j]), rsum) : rsum;
+          if (with_residual) {  // uniform: only the top plane, whose weight is then 2^(bits - 1)
+            __m256i r[4];
+            for (int v = 0; v < 4; ++v) r[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + 4 + v), idx[v]);
+            res[j] = _mm256_add_epi8(_mm256_add_epi8(r[0], r[1]), _mm256_add_epi8(r[2], r[3]));
+          }
         }
         if (S == Scheme::bcq || plane == 0) {
           const Rows& c = coef[S == Scheme::bcq ? plane : 0];
+          const int res_weight = S == Scheme::uniform ? 1 << (bits - 1) : 1;
           for (int j = 0; j < NB; ++j) {
-            flush(sum_lo[j], sum_hi[j], res[j], c, unit[j], acc[j]);
+            flush(sum_lo[j], sum_hi[j], res[j], res_weight, c, unit[j], acc[j]);
             sum_lo[j] = sum_hi[j] = _mm256_setzero_si256();
           }
         }
@@ -240,7 +242,78 @@ void tile_tokens_scheme(const GemmProblem& p, const Int8Tables& t, int64_t tile,
     tile_tokens_bits<Scheme::uniform, D>(p, t, tile, n0, n1);
 }
 
+// Hi and residual entries of one chunk's 16-entry table, as int32 (entries 0-7, entries 8-15).
+struct ChunkTable {
+  __m256i hi[2], res[2];
+};
+
+// Chunk x[0..3]: entries 8 + c are x3 + (+-x0) + (+-x1) + (+-x2) (sign + where bit j of c is set),
+// summed in int8_block_scalar's order; entries 0-7 are their exact negations in reverse order.
+ChunkTable quantize_chunk(const float* x, __m256 inv) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 e = _mm256_broadcast_ss(x + 3);
+  for (int j = 0; j < 3; ++j) {
+    const __m256i bit_clear = _mm256_cmpeq_epi32(_mm256_and_si256(lanes, _mm256_set1_epi32(1 << j)),
+                                                 _mm256_setzero_si256());
+    const __m256 sign = _mm256_castsi256_ps(_mm256_slli_epi32(bit_clear, 31));
+    e = _mm256_add_ps(e, _mm256_xor_ps(_mm256_broadcast_ss(x + j), sign));
+  }
+  const __m256 neg_rev = _mm256_xor_ps(_mm256_permutevar8x32_ps(e, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)),
+                                       _mm256_set1_ps(-0.0f));
+  const __m256 entries[2] = {neg_rev, e};
+  ChunkTable t;
+  for (int i = 0; i < 2; ++i) {
+    // No multiply feeds an add here, so -mfma cannot contract anything the scalar code rounds.
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m256 q = _mm256_mul_ps(entries[i], inv);
+    const __m256 h = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), _mm256_round_ps(q, kNearest)));
+    const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_set1_ps(float(kResidualSteps)), _mm256_sub_ps(q, h)), kNearest);
+    t.hi[i] = _mm256_cvtps_epi32(h);
+    t.res[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_set1_ps(2.0f), _mm256_max_ps(_mm256_set1_ps(-2.0f), r)));
+  }
+  return t;
+}
+
+// Bytes of the 16-entry tables of two chunks (int32 entries 0-7, 8-15 each): chunk a in the low
+// 16 bytes, chunk b in the high 16.
+__m256i pack_tables(const __m256i* a, const __m256i* b) {
+  // packs work within 128-bit lanes: 8-byte quads come out as a{0-3,8-11} b{0-3,8-11} a{4-7,12-15}
+  // b{4-7,12-15}.
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(b[0], b[1]));
+  const __m256i by_chunk = _mm256_permute4x64_epi64(bytes, 0xd8);
+  const __m256i order = _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15,
+                                         0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+  return _mm256_shuffle_epi8(by_chunk, order);
+}
+
 }  // namespace
+
+float int8_block_avx2(const float* xs, int8_t* lut) {
+  // absmax over the chunks of sum_j |x_j|, added in int8_block_scalar's order.
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 absmax = _mm256_setzero_ps();
+  for (int u = 0; u < kTableSlots; ++u) {
+    __m256 sum = _mm256_and_ps(_mm256_broadcast_ss(xs + kChunk * u), abs_mask);
+    for (int j = 1; j < kChunk; ++j)
+      sum = _mm256_add_ps(sum, _mm256_and_ps(_mm256_broadcast_ss(xs + kChunk * u + j), abs_mask));
+    absmax = _mm256_max_ps(absmax, sum);
+  }
+  const float amax = _mm256_cvtss_f32(absmax);
+  if (amax == 0.0f) {
+    for (int v = 0; v < kTableBytes / 32; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(lut) + v, _mm256_setzero_si256());
+    return 0.0f;
+  }
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(127.0f), absmax);
+  // Chunks u and u + 1 (u even) sit in adjacent slots (table_slot), so each pair is one store.
+  for (int u = 0; u < kTableSlots; u += 2) {
+    const ChunkTable a = quantize_chunk(xs + kChunk * u, inv), b = quantize_chunk(xs + kChunk * (u + 1), inv);
+    const int slot = table_slot(u);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lut + slot * kTableEntries), pack_tables(a.hi, b.hi));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lut + (kTableSlots + slot) * kTableEntries),
+                       pack_tables(a.res, b.res));
+  }
+  return amax / (127.0f * kResidualSteps);
+}
 
 void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin, int64_t n_end) {
   switch (p.dtype) {
