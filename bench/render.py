@@ -212,6 +212,11 @@ def render(runs: list[Run], md_path: Path, plot_dir: Path) -> None:
         runs_header(runs),
         "",
     ]
+    measured = {r.context.get("device", "") for r in runs} | {res.device for r in runs for res in r.results
+                                                            if res.time_us is not None}
+    if "cuda" not in measured:
+        lines += ["No CUDA numbers yet: no run above had a GPU. `bash bench/gpu_check.sh` on an H100 box",
+                  "produces them (copy its JSON into `bench/results/`, then re-render).", ""]
     for op in dict.fromkeys(o for o, _ in groups):
         plot_path = plot_dir / f"{op}.png"
         lines += [f"## {op}", ""]
