@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "int32",
+               torch.int64: "int64"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,3 +398,38 @@ def main(build_cases: Callable[[str, bool], list[Case]]) -> None:
     for case in build_cases(args.device, args.quick):
         register(case)
     gb.main([sys.argv[0], *gb_argv])
+
+
+# ---------------------------------------------------------------------------------------------
+# Write-bound ops (trie masks): write bandwidth probe and rows/s counters
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def write_gbs(device: str) -> float:
+    """Measured write bandwidth in GB/s: fill_ of a buffer 8x the last-level cache (CPU, at least
+    256 MiB) or 1 GiB (CUDA), best of 15. The roof of ops whose cost is writing a [rows, V] buffer."""
+    buf_bytes = max(8 * last_level_cache_bytes(device), 256 << 20) if device == "cpu" else 1 << 30
+    buf = torch.empty(buf_bytes // 4, device=device)
+    return buf_bytes / _best_seconds(lambda: buf.fill_(-1.0), device, reps=15) / 1e9
+
+
+def register_per_row(case: Case, rows: int) -> None:
+    """register(case), plus counters for per-row ops: `rows_per_s`, and `write_frac` = (bytes / measured
+    write bandwidth) / time per call, the roofline fraction of ops that mostly write (`bytes` is then
+    the bytes they must write). Both come from the call time the harness measured, recovered from its
+    mem_frac counter (read-roof seconds of `bytes` / mem_frac)."""
+    measure = _benchmark_fn(case)
+
+    def fn(state: Any) -> None:
+        measure(state)
+        if state.error_occurred:
+            return
+        nbytes = memo(("prepared", case.name), case.prepare).nbytes
+        seconds_per_call = roofline(case.device).bound_mem(nbytes) / state.counters["mem_frac"].value
+        state.counters["rows_per_s"] = rows / seconds_per_call
+        state.counters["write_frac"] = nbytes / (write_gbs(case.device) * 1e9) / seconds_per_call
+
+    options = gb.option.unit(gb.kMicrosecond)(fn)
+    options = (gb.option.use_manual_time() if case.device == "cuda" else gb.option.use_real_time())(options)
+    gb.register(options, name=case.name)

@@ -87,7 +87,8 @@ def test_cli_check_passes_everywhere_available():
         assert "CUDA: skipped" in out.stdout
 
 
-def test_cuda_kernel_index_math_on_cpu():
-    """The CUDA kernels' layout / fragment / bank math, checked on the host (no GPU needed)."""
-    failures, report = _C._lut_cuda_layout_selftest()
+@pytest.mark.parametrize("family", ["lut", "trie"])
+def test_cuda_kernel_index_math_on_cpu(family):
+    """The CUDA kernels' layout / fragment / bank / vector-split math, checked on the host (no GPU needed)."""
+    failures, report = getattr(_C, f"_{family}_cuda_layout_selftest")()
     assert failures == 0, report

@@ -16,6 +16,7 @@ namespace nb = nanobind;
 namespace fastops {
 namespace bind {
 void register_lut(nb::module_& m);
+void register_trie(nb::module_& m);
 }
 }  // namespace fastops
 
@@ -88,4 +89,5 @@ NB_MODULE(_C, m) {
   }, nb::arg("device"));
 
   fastops::bind::register_lut(m);
+  fastops::bind::register_trie(m);
 }

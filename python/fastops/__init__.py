@@ -5,7 +5,7 @@
 """
 from . import _C
 from ._info import format_info, info
-from . import lut, nn
+from . import lut, nn, trie
 from .lut import LutWeight, lut_gemm
 
 __version__ = _C.__version__
@@ -27,5 +27,5 @@ def set_cpu_isa(name: str) -> None:
     _C.set_isa(name)
 
 
-__all__ = ["lut", "nn", "lut_gemm", "LutWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
+__all__ = ["lut", "nn", "trie", "lut_gemm", "LutWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
            "built_with_cuda", "__version__"]

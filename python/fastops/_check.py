@@ -6,8 +6,9 @@ import time
 
 import torch
 
-from . import _C, cuda_available, lut
+from . import _C, cuda_available, lut, trie
 from .reference import lut as lut_ref
+from .reference import trie as trie_ref
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -29,20 +30,60 @@ def _lut_cases():
     yield "lut_gemm q=4 fp16", packed, x, torch.float16, False, 1e-2
 
 
+def _lut_check(device, w, x, dtype, precise, bound) -> tuple[bool, str]:
+    xd = x.to(device=device, dtype=dtype)
+    y = lut.lut_gemm(xd, w.to(device), precise=precise)
+    err = _rel_err(y, lut_ref.lut_gemm(xd, w))
+    ok = bool(err <= bound) and y.dtype == dtype and y.device.type == device
+    return ok, f"rel err {err:.2e} (bound {bound:.0e})"
+
+
+def _trie_cases():
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.randint(0, 64, (200, 4), generator=gen).tolist()
+    ragged = [row[: 1 + i % 4] for i, row in enumerate(torch.randint(0, 64, (200, 4), generator=gen).tolist())]
+    yield "trie steps fixed-length", fixed, None, gen
+    yield "trie steps ragged + eos", ragged, 64, gen
+
+
+def _trie_check(device, sequences, eos, gen) -> tuple[bool, str]:
+    """Every step mode on random rows (including dead rows, id -1) against the dict-trie oracle."""
+    t = trie.build_trie(sequences, 64, eos_token_id=eos, model_vocab_size=65).to(device)
+    oracle = trie_ref.DictTrie(trie_ref.model_items(sequences, eos_token_id=eos))
+    prefix = trie_ref.node_prefixes(t.indptr.tolist(), t.tokens.tolist())
+    nodes = torch.randint(-1, t.num_nodes, (48,), generator=gen, dtype=torch.int32)
+    logits = torch.randn(48, t.vocab_size, generator=gen)
+    allowed = [oracle.allowed(prefix[u]) if u >= 0 else [] for u in nodes.tolist()]
+    masked = t.step(nodes.to(device), logits.clone().to(device), mode="mask").cpu()
+    bits = t.step(nodes.to(device), logits.to(device), mode="bitmask").cpu()
+    scores, tokens, nxt = (a.cpu() for a in t.step(nodes.to(device), logits.to(device), mode="candidates", k=4,
+                                                      log_softmax=True))
+    moved = t.advance(nodes.to(device), tokens[:, 0].contiguous().to(device)).cpu()
+    bad = 0
+    for r, ok_tokens in enumerate(allowed):
+        finite = torch.isfinite(masked[r]).nonzero().flatten().tolist()
+        set_bits = [w * 32 + b for w in range(bits.shape[1]) for b in range(32) if (int(bits[r, w]) >> b) & 1]
+        want_scores, want_tokens = trie_ref.candidates(ok_tokens, logits[r].tolist(), 4, log_softmax=True)
+        bad += finite != ok_tokens or set_bits != ok_tokens or tokens[r].tolist() != want_tokens
+        bad += not torch.allclose(scores[r], torch.tensor(want_scores), rtol=1e-5, atol=1e-5)
+        step_ok = all(prefix[int(n)] == prefix[int(nodes[r])] + (int(tok),) for tok, n in zip(tokens[r], nxt[r]) if tok >= 0)
+        adv_ok = (int(moved[r]) == -1) if not ok_tokens else prefix[int(moved[r])][-1] == int(tokens[r, 0])
+        bad += not step_ok or not adv_ok
+    return bad == 0, f"{len(allowed)} rows, {bad} mismatching (mask, bitmask, candidates, advance)"
+
+
 def run_checks(devices=None) -> list[tuple[str, str, bool, str]]:
     if devices is None:
         devices = ["cpu"] + (["cuda"] if cuda_available() else [])
+    cases = [(name, _lut_check, args) for name, *args in _lut_cases()]
+    cases += [(name, _trie_check, args) for name, *args in _trie_cases()]
     rows = []
     for device in devices:
-        for name, w, x, dtype, precise, bound in _lut_cases():
+        for name, check, args in cases:
             t0 = time.perf_counter()
             try:
-                xd = x.to(device=device, dtype=dtype)
-                y = lut.lut_gemm(xd, w.to(device), precise=precise)
-                ref = lut_ref.lut_gemm(xd, w)
-                err = _rel_err(y, ref)
-                ok = bool(err <= bound) and y.dtype == dtype and y.device.type == device
-                detail = f"rel err {err:.2e} (bound {bound:.0e}), {1e3 * (time.perf_counter() - t0):.1f} ms"
+                ok, detail = check(device, *args)
+                detail += f", {1e3 * (time.perf_counter() - t0):.1f} ms"
             except Exception as e:  # a check table reports failures, it does not stop at the first
                 ok, detail = False, f"{type(e).__name__}: {e}"
             rows.append((name, device, ok, detail))

@@ -1,0 +1,328 @@
+// Trie build: pack every sequence into a fixed-width big-endian key, LSD radix sort the keys (stable, so
+// the first of equal rows stays first), then two parallel passes over the sorted keys: count the nodes
+// each item creates per depth, then number them and write indptr/tokens (layout: trie.h).
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "common/parallel.h"
+#include "trie/trie.h"
+
+namespace fastops {
+namespace trie {
+namespace {
+
+// Where level l's field sits in a key: bits [shift, shift + bits) of word `word`. A field stores
+// token - min_token + 1, so 0 means "sequence ended" and a prefix sorts before its extensions.
+struct Field {
+  int word = 0, shift = 0, bits = 0;
+  int32_t min_token = 0;
+};
+
+struct KeyLayout {
+  std::vector<Field> fields;  // one per level
+  std::vector<int> used_bits;  // per word: the low `64 - used` bits are always zero
+  int words = 0;
+  int stride() const { return words + 1; }  // a record = key words + the original row
+};
+
+int bit_width(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
+
+// Fixed chunks (not dynamic pieces) so that passes over the same chunks can carry per-chunk state.
+struct Chunks {
+  int64_t n, count;
+  Chunks(int64_t n_, int nthreads) : n(n_), count(std::max<int64_t>(1, std::min<int64_t>(n_ / 4096, 8 * nthreads))) {}
+  int64_t begin(int64_t c) const { return n * c / count; }
+  int64_t end(int64_t c) const { return n * (c + 1) / count; }
+};
+
+KeyLayout make_layout(const int32_t* seqs, const int64_t* offsets, int64_t n, int64_t max_len, int nthreads) {
+  const Chunks chunks(n, nthreads);
+  std::vector<int32_t> lo(chunks.count * max_len, INT32_MAX), hi(chunks.count * max_len, -1);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int32_t* l = &lo[c * max_len];
+      int32_t* h = &hi[c * max_len];
+      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i)
+        for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+          const int64_t level = j - offsets[i];
+          l[level] = std::min(l[level], seqs[j]);
+          h[level] = std::max(h[level], seqs[j]);
+        }
+    }
+  });
+  KeyLayout layout;
+  int free_bits = 0;
+  for (int64_t level = 0; level < max_len; ++level) {
+    int32_t l = INT32_MAX, h = -1;
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      l = std::min(l, lo[c * max_len + level]);
+      h = std::max(h, hi[c * max_len + level]);
+    }
+    if (l < 0) throw_value("sequences: tokens must be >= 0, got " + std::to_string(l));
+    Field f;
+    f.min_token = l;
+    f.bits = bit_width(uint64_t(h - l) + 1);
+    if (f.bits > free_bits) {  // fields never straddle words: extraction stays one shift and mask
+      layout.used_bits.push_back(0);
+      free_bits = 64;
+    }
+    free_bits -= f.bits;
+    f.word = int(layout.used_bits.size()) - 1;
+    f.shift = free_bits;
+    layout.used_bits.back() += f.bits;
+    layout.fields.push_back(f);
+  }
+  layout.words = int(layout.used_bits.size());
+  return layout;
+}
+
+// Uninitialized storage: every element is written before it is read (a zeroing pass would be serial).
+using Words = std::unique_ptr<uint64_t[]>;
+
+// records[i * stride ..]: key words, then the original row.
+Words make_records(const KeyLayout& layout, const int32_t* seqs, const int64_t* offsets, int64_t n,
+                                   int nthreads) {
+  const int stride = layout.stride();
+  Words records(new uint64_t[size_t(n) * stride]);
+  parallel_for(n, 16384, nthreads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      uint64_t* rec = &records[size_t(i) * stride];
+      std::fill(rec, rec + layout.words, 0);
+      for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+        const Field& f = layout.fields[j - offsets[i]];
+        rec[f.word] |= uint64_t(seqs[j] - f.min_token + 1) << f.shift;
+      }
+      rec[layout.words] = uint64_t(i);
+    }
+  });
+  return records;
+}
+
+int compare_keys(const uint64_t* a, const uint64_t* b, int words) {
+  for (int w = 0; w < words; ++w)
+    if (a[w] != b[w]) return a[w] < b[w] ? -1 : 1;
+  return 0;
+}
+
+bool is_sorted(const Words& records, int64_t n, int words, int nthreads) {
+  const int stride = words + 1;
+  const Chunks chunks(n, nthreads);
+  std::vector<char> unsorted_piece(size_t(chunks.count), 0);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)); i < chunks.end(c); ++i)
+        if (compare_keys(&records[size_t(i - 1) * stride], &records[size_t(i) * stride], words) > 0) {
+          unsorted_piece[c] = 1;
+          break;
+        }
+  });
+  return std::none_of(unsorted_piece.begin(), unsorted_piece.end(), [](char u) { return u != 0; });
+}
+
+// Stable LSD radix sort of whole records on their key words, 11-bit digits (the histogram fits L1).
+// Digits that are equal in every record cost one histogram pass and no scatter.
+void radix_sort(Words& records, int64_t n, const KeyLayout& layout, int nthreads) {
+  constexpr int kDigitBits = 11, kBuckets = 1 << kDigitBits;
+  const int stride = layout.stride();
+  const Chunks chunks(n, nthreads);
+  Words scratch(new uint64_t[size_t(n) * stride]);
+  std::vector<int64_t> counts(size_t(chunks.count) * kBuckets);
+  for (int w = layout.words - 1; w >= 0; --w) {
+    for (int shift = 64 - layout.used_bits[w]; shift < 64; shift += kDigitBits) {
+      auto digit = [&](const uint64_t* rec) { return int((rec[w] >> shift) & (kBuckets - 1)); };
+      parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          int64_t* h = &counts[size_t(c) * kBuckets];
+          std::fill(h, h + kBuckets, 0);
+          for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) ++h[digit(&records[size_t(i) * stride])];
+        }
+      });
+      // Exclusive offsets in (bucket, chunk) order: chunk c's records of bucket b follow earlier chunks'.
+      int64_t total = 0;
+      bool one_bucket = false;
+      for (int b = 0; b < kBuckets; ++b) {
+        const int64_t before = total;
+        for (int64_t c = 0; c < chunks.count; ++c) {
+          const int64_t k = counts[size_t(c) * kBuckets + b];
+          counts[size_t(c) * kBuckets + b] = total;
+          total += k;
+        }
+        one_bucket |= total - before == n;
+      }
+      if (one_bucket) continue;
+      parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          int64_t* next = &counts[size_t(c) * kBuckets];
+          for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+            const uint64_t* rec = &records[size_t(i) * stride];
+            std::memcpy(&scratch[size_t(next[digit(rec)]++) * stride], rec, sizeof(uint64_t) * stride);
+          }
+        }
+      });
+      records.swap(scratch);
+    }
+  }
+}
+
+// Reads a sorted record's tokens back from its key.
+struct SortedItems {
+  const KeyLayout& layout;
+  const uint64_t* records;
+  int64_t max_len;
+
+  const uint64_t* key(int64_t i) const { return records + size_t(i) * layout.stride(); }
+  int64_t row(int64_t i) const { return int64_t(key(i)[layout.words]); }
+  uint64_t field(int64_t i, int64_t level) const {
+    const Field& f = layout.fields[level];
+    return (key(i)[f.word] >> f.shift) & ((uint64_t(1) << f.bits) - 1);
+  }
+  int32_t token(int64_t i, int64_t level) const {
+    return int32_t(int64_t(field(i, level)) - 1 + layout.fields[level].min_token);
+  }
+  int64_t length(int64_t i) const {
+    int64_t len = max_len;
+    while (len > 0 && field(i, len - 1) == 0) --len;
+    return len;
+  }
+  // Common prefix length of items i - 1 and i (their length when equal).
+  int64_t lcp(int64_t i) const {
+    const uint64_t *a = key(i - 1), *b = key(i);
+    for (int w = 0; w < layout.words; ++w) {
+      if (a[w] == b[w]) continue;
+      const int top = 63 - __builtin_clzll(a[w] ^ b[w]);
+      int64_t level = 0;
+      while (layout.fields[level].word != w || layout.fields[level].shift > top) ++level;
+      return level;
+    }
+    return length(i);
+  }
+};
+
+// Duplicates (when not deduplicating) and prefix conflicts, reported for the first offending pair in
+// sorted order so the message does not depend on thread timing.
+void check_conflicts(const SortedItems& items, const std::vector<int32_t>& lcp, const std::vector<int32_t>& len,
+                     int64_t n, bool dedupe, int nthreads) {
+  const Chunks chunks(n, nthreads);
+  std::vector<int64_t> first_bad(size_t(chunks.count), n);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)); i < chunks.end(c); ++i) {
+        const bool duplicate = lcp[i] == len[i] && len[i] == len[i - 1];
+        const bool prefix = lcp[i] == len[i - 1] && len[i] > len[i - 1];
+        if (prefix || (duplicate && !dedupe)) {
+          first_bad[c] = i;
+          break;
+        }
+      }
+  });
+  const int64_t i = *std::min_element(first_bad.begin(), first_bad.end());
+  if (i == n) return;
+  const std::string a = std::to_string(items.row(i - 1)), b = std::to_string(items.row(i));
+  if (len[i] > len[i - 1])
+    throw_value("sequences: row " + a + " is a proper prefix of row " + b +
+                " (pass eos_token_id to allow sequences that are prefixes of others)");
+  throw_value("sequences: rows " + a + " and " + b + " are duplicates (pass dedupe=True to drop repeats)");
+}
+
+}  // namespace
+
+void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedupe, int nthreads, BuildResult* out,
+               int64_t max_nodes) {
+  if (n <= 0) throw_value("sequences must not be empty");
+  if (n > INT32_MAX) throw_value("sequences: more than 2^31 - 1 rows do not fit int32 node ids");
+  int64_t max_len = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = offsets[i + 1] - offsets[i];
+    if (len <= 0) throw_value("sequences: row " + std::to_string(i) + " is empty");
+    max_len = std::max(max_len, len);
+  }
+
+  const KeyLayout layout = make_layout(seqs, offsets, n, max_len, nthreads);
+  Words records = make_records(layout, seqs, offsets, n, nthreads);
+  if (!is_sorted(records, n, layout.words, nthreads)) radix_sort(records, n, layout, nthreads);
+  const SortedItems items{layout, records.get(), max_len};
+
+  // Per sorted item: length and common prefix with the previous item. An item creates the nodes of
+  // depths lcp + 1 .. len (none for a duplicate, whose lcp is its length).
+  std::vector<int32_t> lcp(static_cast<size_t>(n)), len(static_cast<size_t>(n));
+  parallel_for(n, 16384, nthreads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      len[i] = int32_t(items.length(i));
+      lcp[i] = i == 0 ? 0 : int32_t(items.lcp(i));
+    }
+  });
+  check_conflicts(items, lcp, len, n, dedupe, nthreads);
+
+  // Pass 1: nodes created per (chunk, depth) and items per chunk.
+  const Chunks chunks(n, nthreads);
+  const int64_t depths = max_len + 2;  // depth max_len + 1 is empty: the "children" of the deepest nodes
+  std::vector<int64_t> next_id(size_t(chunks.count) * depths, 0), first_item(size_t(chunks.count) + 1, 0);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* created = &next_id[size_t(c) * depths];
+      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+        for (int64_t d = lcp[i] + 1; d <= len[i]; ++d) ++created[d];
+        first_item[c + 1] += lcp[i] < len[i] || i == 0;
+      }
+    }
+  });
+  // Scan in (depth, chunk) order: BFS ids, lexicographic within a depth.
+  out->depth_starts.assign(size_t(depths), 0);
+  int64_t id = 1;
+  for (int64_t d = 1; d < depths; ++d) {
+    out->depth_starts[d] = id;
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      const int64_t k = next_id[size_t(c) * depths + d];
+      next_id[size_t(c) * depths + d] = id;
+      id += k;
+    }
+  }
+  const int64_t num_nodes = id;
+  if (num_nodes > max_nodes)
+    throw_value("sequences: the trie would have " + std::to_string(num_nodes) + " nodes, more than the " +
+                std::to_string(max_nodes) + " that int32 node ids allow");
+  for (int64_t c = 0; c < chunks.count; ++c) first_item[c + 1] += first_item[c];
+
+  // Pass 2: number the nodes. A node's first child is the next node its depth + 1 will get, so
+  // indptr[v] = next id at depth + 1, minus 1 (edge e leads to node e + 1); leaves get the same value.
+  out->indptr.assign(size_t(num_nodes) + 1, 0);
+  out->tokens.assign(size_t(num_nodes) - 1, 0);
+  out->perm.assign(size_t(n), -1);
+  out->indptr[num_nodes] = int32_t(num_nodes - 1);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    std::vector<int64_t> current(static_cast<size_t>(depths));  // node of the current item at each depth
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* next = &next_id[size_t(c) * depths];
+      current[0] = 0;
+      for (int64_t d = 1; d < depths; ++d) current[d] = next[d] - 1;
+      int64_t position = first_item[c];
+      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+        if (lcp[i] < len[i] || i == 0) out->perm[items.row(i)] = position++;
+        for (int64_t d = lcp[i] + 1; d <= len[i]; ++d) {
+          const int64_t v = next[d]++;
+          current[d] = v;
+          out->tokens[v - 1] = items.token(i, d - 1);
+          out->indptr[v] = int32_t(next[d + 1] - 1);
+        }
+      }
+    }
+  });
+  // The root's first child is node 1 (edge 0): indptr[0] = 0 from assign.
+  out->num_items = first_item[chunks.count];
+
+  const Chunks node_chunks(num_nodes, nthreads);
+  std::vector<int64_t> max_degree(size_t(node_chunks.count), 0);
+  parallel_for(node_chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t u = node_chunks.begin(c); u < node_chunks.end(c); ++u)
+        max_degree[c] = std::max<int64_t>(max_degree[c], out->indptr[u + 1] - out->indptr[u]);
+  });
+  out->max_degree = *std::max_element(max_degree.begin(), max_degree.end());
+}
+
+}  // namespace trie
+}  // namespace fastops
