@@ -1,6 +1,7 @@
-// Trie build: pack every sequence into a fixed-width big-endian key, LSD radix sort the keys (stable, so
-// the first of equal rows stays first), then two parallel passes over the sorted keys: count the nodes
-// each item creates per depth, then number them and write indptr/tokens (layout: trie.h).
+// Trie build: pack every sequence into a fixed-width big-endian key, sort the keys (stable, so the first
+// of equal rows stays first; an MSD radix pass, then each bucket on its own), then two parallel passes
+// over the sorted keys: count the nodes each item creates per depth, then number them and write
+// indptr/tokens (layout: trie.h).
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -46,7 +47,7 @@ KeyLayout make_layout(const int32_t* seqs, const int64_t* offsets, int64_t n, in
     for (int64_t c = c0; c < c1; ++c) {
       int32_t* l = &lo[c * max_len];
       int32_t* h = &hi[c * max_len];
-      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i)
+      for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i)
         for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
           const int64_t level = j - offsets[i];
           l[level] = std::min(l[level], seqs[j]);
@@ -114,7 +115,7 @@ bool is_sorted(const Words& records, int64_t n, int words, int nthreads) {
   std::vector<char> unsorted_piece(size_t(chunks.count), 0);
   parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)); i < chunks.end(c); ++i)
+      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)), end = chunks.end(c); i < end; ++i)
         if (compare_keys(&records[size_t(i - 1) * stride], &records[size_t(i) * stride], words) > 0) {
           unsorted_piece[c] = 1;
           break;
@@ -123,47 +124,129 @@ bool is_sorted(const Words& records, int64_t n, int words, int nthreads) {
   return std::none_of(unsorted_piece.begin(), unsorted_piece.end(), [](char u) { return u != 0; });
 }
 
-// Stable LSD radix sort of whole records on their key words, 11-bit digits (the histogram fits L1).
-// Digits that are equal in every record cost one histogram pass and no scatter.
-void radix_sort(Words& records, int64_t n, const KeyLayout& layout, int nthreads) {
-  constexpr int kDigitBits = 11, kBuckets = 1 << kDigitBits;
-  const int stride = layout.stride();
+// One radix digit: bits [shift, shift + bits) of key word `word`.
+struct Digit {
+  int word = 0, shift = 0, bits = 0;
+  int of(const uint64_t* rec) const { return int((rec[word] >> shift) & ((uint64_t(1) << bits) - 1)); }
+};
+
+// The digits of `bits` bits (the most significant one may be narrower) covering the used key bits
+// below bit `top_shift` of word `top_word`, least significant first.
+std::vector<Digit> lsd_digits(const KeyLayout& layout, int bits, int top_word, int top_shift) {
+  std::vector<Digit> digits;
+  for (int w = layout.words - 1; w >= top_word; --w) {
+    const int end = w == top_word ? top_shift : 64;
+    for (int shift = 64 - layout.used_bits[w]; shift < end; shift += bits)
+      digits.push_back({w, shift, std::min(bits, end - shift)});
+  }
+  return digits;
+}
+
+// One stable counting pass of records in[0, n) by `digit` into `out`, over fixed chunks in parallel.
+// Returns false, writing nothing, when every record has the same digit. bucket_starts (if given)
+// receives the 2^bits + 1 bucket boundaries. kStride > 0 (== stride) fixes the record size at compile
+// time so the copy is inlined (0: a memcpy call).
+template <int kStride>
+bool counting_pass(const uint64_t* in, uint64_t* out, int64_t n, int stride, const Digit& digit, int nthreads,
+                   std::vector<int64_t>& counts, std::vector<int64_t>* bucket_starts = nullptr) {
+  const int buckets = 1 << digit.bits;
   const Chunks chunks(n, nthreads);
-  Words scratch(new uint64_t[size_t(n) * stride]);
-  std::vector<int64_t> counts(size_t(chunks.count) * kBuckets);
-  for (int w = layout.words - 1; w >= 0; --w) {
-    for (int shift = 64 - layout.used_bits[w]; shift < 64; shift += kDigitBits) {
-      auto digit = [&](const uint64_t* rec) { return int((rec[w] >> shift) & (kBuckets - 1)); };
-      parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          int64_t* h = &counts[size_t(c) * kBuckets];
-          std::fill(h, h + kBuckets, 0);
-          for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) ++h[digit(&records[size_t(i) * stride])];
-        }
-      });
-      // Exclusive offsets in (bucket, chunk) order: chunk c's records of bucket b follow earlier chunks'.
-      int64_t total = 0;
-      bool one_bucket = false;
-      for (int b = 0; b < kBuckets; ++b) {
-        const int64_t before = total;
-        for (int64_t c = 0; c < chunks.count; ++c) {
-          const int64_t k = counts[size_t(c) * kBuckets + b];
-          counts[size_t(c) * kBuckets + b] = total;
-          total += k;
-        }
-        one_bucket |= total - before == n;
+  counts.assign(size_t(chunks.count) * buckets, 0);
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* h = &counts[size_t(c) * buckets];
+      for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i) ++h[digit.of(&in[size_t(i) * stride])];
+    }
+  });
+  // Exclusive offsets in (bucket, chunk) order: chunk c's records of bucket b follow earlier chunks'.
+  if (bucket_starts) bucket_starts->assign(size_t(buckets) + 1, n);
+  int64_t total = 0;
+  for (int b = 0; b < buckets; ++b) {
+    const int64_t before = total;
+    if (bucket_starts) (*bucket_starts)[b] = before;
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      const int64_t k = counts[size_t(c) * buckets + b];
+      counts[size_t(c) * buckets + b] = total;
+      total += k;
+    }
+    if (total - before == n) return false;
+  }
+  parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* next = &counts[size_t(c) * buckets];
+      for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i) {
+        const uint64_t* rec = &in[size_t(i) * stride];
+        // The size is a compile-time constant when kStride > 0 (read here, not through the capture).
+        const size_t words = kStride > 0 ? kStride : size_t(stride);
+        std::memcpy(&out[size_t(next[digit.of(rec)]++) * stride], rec, sizeof(uint64_t) * words);
       }
-      if (one_bucket) continue;
-      parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          int64_t* next = &counts[size_t(c) * kBuckets];
-          for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
-            const uint64_t* rec = &records[size_t(i) * stride];
-            std::memcpy(&scratch[size_t(next[digit(rec)]++) * stride], rec, sizeof(uint64_t) * stride);
-          }
-        }
-      });
-      records.swap(scratch);
+    }
+  });
+  return true;
+}
+
+// Stable LSD radix sort of data[0, n) on `digits` (least significant first), tmp as the other buffer;
+// the result ends in data. Digits equal in every record cost one histogram pass and no scatter.
+template <int kStride>
+void lsd_sort(uint64_t* data, uint64_t* tmp, int64_t n, int stride, const std::vector<Digit>& digits, int nthreads,
+              std::vector<int64_t>& counts) {
+  uint64_t *src = data, *dst = tmp;
+  for (const Digit& digit : digits)
+    if (counting_pass<kStride>(src, dst, n, stride, digit, nthreads, counts)) std::swap(src, dst);
+  if (src != data) std::memcpy(data, src, sizeof(uint64_t) * size_t(n) * stride);
+}
+
+// A record of kStride words (key words, then the row) as a value: ordering whole records orders by key,
+// then by input row, a total order that keeps the first of equal keys first.
+template <int kStride>
+struct Record {
+  uint64_t words[kStride];
+  bool operator<(const Record& other) const {
+    for (int w = 0; w < kStride; ++w)
+      if (words[w] != other.words[w]) return words[w] < other.words[w];
+    return false;
+  }
+};
+
+// Stable sort of whole records on their key words. One parallel MSD radix pass on the most significant
+// non-constant 11-bit digit splits the records into up to 2048 buckets (~n / 2048 records each for
+// random keys, sorted in cache one per thread by comparison on the lower bits: few comparisons get
+// past the first word, so this beats the ~7 more radix passes it replaces). A bucket too large to
+// balance across threads gets parallel LSD passes instead, so skewed keys still use every thread.
+template <int kStride>
+void radix_sort_records(Words& records, int64_t n, const KeyLayout& layout, int nthreads) {
+  constexpr int kDigitBits = 11;
+  Words scratch(new uint64_t[size_t(n) * kStride]);
+  std::vector<int64_t> counts, starts;
+  std::vector<Digit> digits = lsd_digits(layout, kDigitBits, 0, 64);
+  while (!digits.empty() &&
+         !counting_pass<kStride>(records.get(), scratch.get(), n, kStride, digits.back(), nthreads, counts, &starts))
+    digits.pop_back();
+  if (digits.empty()) return;  // all keys equal: already sorted (stable)
+  records.swap(scratch);       // sorted by the MSD digit; scratch is free
+  const std::vector<Digit> lower = lsd_digits(layout, kDigitBits, digits.back().word, digits.back().shift);
+  const int64_t large = std::max<int64_t>(4096, n / (4 * int64_t(nthreads)));
+  const int64_t buckets = int64_t(starts.size()) - 1;
+  for (int64_t b = 0; b < buckets; ++b)
+    if (starts[b + 1] - starts[b] > large)
+      lsd_sort<kStride>(&records[size_t(starts[b]) * kStride], &scratch[size_t(starts[b]) * kStride],
+                        starts[b + 1] - starts[b], kStride, lower, nthreads, counts);
+  parallel_for(buckets, 16, nthreads, [&](int64_t b0, int64_t b1) {
+    Record<kStride>* all = reinterpret_cast<Record<kStride>*>(records.get());
+    for (int64_t b = b0; b < b1; ++b)
+      if (starts[b + 1] - starts[b] <= large) std::sort(all + starts[b], all + starts[b + 1]);
+  });
+}
+
+void radix_sort(Words& records, int64_t n, const KeyLayout& layout, int nthreads) {
+  switch (layout.stride()) {  // 1 to 3 key words: up to 192 key bits, 17 levels of 11 bits
+    case 2: return radix_sort_records<2>(records, n, layout, nthreads);
+    case 3: return radix_sort_records<3>(records, n, layout, nthreads);
+    case 4: return radix_sort_records<4>(records, n, layout, nthreads);
+    default: {  // longer keys: parallel LSD passes over the whole key
+      Words scratch(new uint64_t[size_t(n) * layout.stride()]);
+      std::vector<int64_t> counts;
+      lsd_sort<0>(records.get(), scratch.get(), n, layout.stride(), lsd_digits(layout, 11, 0, 64), nthreads, counts);
     }
   }
 }
@@ -210,7 +293,7 @@ void check_conflicts(const SortedItems& items, const std::vector<int32_t>& lcp, 
   std::vector<int64_t> first_bad(size_t(chunks.count), n);
   parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)); i < chunks.end(c); ++i) {
+      for (int64_t i = std::max<int64_t>(1, chunks.begin(c)), end = chunks.end(c); i < end; ++i) {
         const bool duplicate = lcp[i] == len[i] && len[i] == len[i - 1];
         const bool prefix = lcp[i] == len[i - 1] && len[i] > len[i - 1];
         if (prefix || (duplicate && !dedupe)) {
@@ -264,7 +347,7 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
   parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       int64_t* created = &next_id[size_t(c) * depths];
-      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+      for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i) {
         for (int64_t d = lcp[i] + 1; d <= len[i]; ++d) ++created[d];
         first_item[c + 1] += lcp[i] < len[i] || i == 0;
       }
@@ -293,20 +376,19 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
   out->tokens.assign(size_t(num_nodes) - 1, 0);
   out->perm.assign(size_t(n), -1);
   out->indptr[num_nodes] = int32_t(num_nodes - 1);
+  int32_t* const indptr = out->indptr.data();
+  int32_t* const tokens = out->tokens.data();
+  int64_t* const perm = out->perm.data();
   parallel_for(chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
-    std::vector<int64_t> current(static_cast<size_t>(depths));  // node of the current item at each depth
     for (int64_t c = c0; c < c1; ++c) {
       int64_t* next = &next_id[size_t(c) * depths];
-      current[0] = 0;
-      for (int64_t d = 1; d < depths; ++d) current[d] = next[d] - 1;
       int64_t position = first_item[c];
-      for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
-        if (lcp[i] < len[i] || i == 0) out->perm[items.row(i)] = position++;
+      for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i) {
+        if (lcp[i] < len[i] || i == 0) perm[items.row(i)] = position++;
         for (int64_t d = lcp[i] + 1; d <= len[i]; ++d) {
           const int64_t v = next[d]++;
-          current[d] = v;
-          out->tokens[v - 1] = items.token(i, d - 1);
-          out->indptr[v] = int32_t(next[d + 1] - 1);
+          tokens[v - 1] = items.token(i, d - 1);
+          indptr[v] = int32_t(next[d + 1] - 1);
         }
       }
     }
@@ -318,7 +400,7 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
   std::vector<int64_t> max_degree(size_t(node_chunks.count), 0);
   parallel_for(node_chunks.count, 1, nthreads, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t u = node_chunks.begin(c); u < node_chunks.end(c); ++u)
+      for (int64_t u = node_chunks.begin(c), end = node_chunks.end(c); u < end; ++u)
         max_degree[c] = std::max<int64_t>(max_degree[c], out->indptr[u + 1] - out->indptr[u]);
   });
   out->max_degree = *std::max_element(max_degree.begin(), max_degree.end());
