@@ -3,9 +3,9 @@
 //
 // Work split: tables are built once per call (parallel over (token, group)); the GEMM then runs
 // parallel over 16-row tiles, each tile streaming its contiguous packed weights once per token
-// block. Within a k block integer (int8 mode) or fp32 (precise mode) sums are flushed into fp32
-// row accumulators with coefficient * table unit; the zero-point term offset * S_G is added once
-// per group.
+// block. Integer sums (int8 mode, per scale block: lut_cpu_kernels.h) or fp32 sums (precise mode,
+// per k block) are flushed into fp32 row accumulators with coefficient * table unit; the zero-point
+// term offset * S_G is added once per group.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -79,33 +79,34 @@ float round_even(float v) {
 }  // namespace
 
 namespace detail {
-// Written as flat loops over the 64 MSB entries so the compiler vectorizes them.
-float int8_block_scalar(const float* xs, int8_t* lut) {
-  constexpr int kMsb = kTableSlots * 8;
-  float msb[kMsb];
+// Written as flat loops over the MSB entries so the compiler vectorizes them.
+float int8_block_scalar(const float* xs, int blocks, int8_t* lut) {
+  constexpr int kMaxChunks = 2 * kTableSlots;
+  const int chunks = blocks * kTableSlots;
+  float msb[8 * kMaxChunks];
   float absmax = 0.0f;
-  for (int u = 0; u < kTableSlots; ++u) {
+  for (int u = 0; u < chunks; ++u) {
     const float* x = xs + kChunk * u;
     msb_entries(x, msb + 8 * u);
     absmax = std::max(absmax, std::fabs(x[0]) + std::fabs(x[1]) + std::fabs(x[2]) + std::fabs(x[3]));
   }
   if (absmax == 0.0f) {
-    std::memset(lut, 0, kTableBytes);
+    std::memset(lut, 0, size_t(blocks) * kTableBytes);
     return 0.0f;
   }
   const float inv = 127.0f / absmax;
-  int8_t h8[kMsb], r8[kMsb];
-  for (int i = 0; i < kMsb; ++i) {
+  int8_t h8[8 * kMaxChunks], r8[8 * kMaxChunks];
+  for (int i = 0; i < 8 * chunks; ++i) {
     const float q = msb[i] * inv;
     const float h = std::min(127.0f, std::max(-127.0f, round_even(q)));
     const float r = std::min(2.0f, std::max(-2.0f, round_even(detail::kResidualSteps * (q - h))));
     h8[i] = int8_t(int(h));
     r8[i] = int8_t(int(r));
   }
-  int8_t* hi = lut;
-  int8_t* res = lut + kTableSlots * kTableEntries;
-  for (int u = 0; u < kTableSlots; ++u) {
-    const int base = detail::table_slot(u) * kTableEntries;
+  for (int u = 0; u < chunks; ++u) {
+    int8_t* hi = lut + (u / kTableSlots) * kTableBytes;
+    int8_t* res = hi + kTableSlots * kTableEntries;
+    const int base = detail::table_slot(u % kTableSlots) * kTableEntries;
     for (int c = 0; c < 8; ++c) {
       hi[base + 8 + c] = h8[8 * u + c];
       hi[base + 7 - c] = int8_t(-h8[8 * u + c]);  // 7 - c == (8 + c) ^ 15
@@ -118,25 +119,29 @@ float int8_block_scalar(const float* xs, int8_t* lut) {
 }  // namespace detail
 
 namespace {
-using Int8BlockFn = float (*)(const float*, int8_t*);
+using Int8BlockFn = float (*)(const float*, int, int8_t*);
 
-// Tables of token n, group G: every k block of the group, plus the group's fp32 sum of x.
+// Tables of token n, group G: every scale block of the group (precise mode: every k block), plus
+// the group's fp32 sum of x.
 template <DType D, bool kPrecise>
 void build_group(const GemmProblem& p, Int8BlockFn int8_block, int64_t n, int64_t group, int64_t kblocks,
                  int64_t ngroups, void* tables, float* unit, float* group_sum) {
   const int64_t per_group = p.group_size / kBlockK;
   const int64_t kb_end = std::min(kblocks, (group + 1) * per_group);
+  const int per_scale = kPrecise ? 1 : detail::blocks_per_scale(p.scheme, p.bits, p.group_size);
   float sum = 0.0f;
-  for (int64_t kb = group * per_group; kb < kb_end; ++kb) {
-    float xs[kBlockK];
-    gather_block<D>(p, n, kb, xs);
-    for (float v : xs) sum += v;
-    const int64_t slot = n * kblocks + kb;
+  for (int64_t kb0 = group * per_group; kb0 < kb_end; kb0 += per_scale) {
+    const int blocks = int(std::min<int64_t>(per_scale, kb_end - kb0));
+    float xs[2 * kBlockK];
+    for (int b = 0; b < blocks; ++b) gather_block<D>(p, n, kb0 + b, xs + b * kBlockK);
+    for (int j = 0; j < blocks * kBlockK; ++j) sum += xs[j];
+    const int64_t slot = n * kblocks + kb0;
     if constexpr (kPrecise) {
       build_fp32_block(xs, static_cast<float*>(tables) + slot * kTableSlots * kTableEntries);
       unit[slot] = 1.0f;
     } else {
-      unit[slot] = int8_block(xs, static_cast<int8_t*>(tables) + slot * kTableBytes);
+      const float u = int8_block(xs, blocks, static_cast<int8_t*>(tables) + slot * kTableBytes);
+      for (int b = 0; b < blocks; ++b) unit[slot + b] = u;
     }
   }
   group_sum[n * ngroups + group] = sum;
@@ -172,10 +177,12 @@ void store_tile(const GemmProblem& p, int64_t n, int64_t tile, const float* acc)
 }
 
 // Portable kernel for one tile and a token range; View decides int8 or fp32 tables. Follows the
-// AVX2 kernel's order of fp32 operations exactly (see lut_cpu_kernels.h).
+// AVX2 kernel's order of fp32 operations exactly (see lut_cpu_kernels.h). Sums are flushed once
+// per scale block of `per_scale` (1 or 2) k blocks.
 template <DType D, Scheme S, class View>
 void tile_portable(const GemmProblem& p, const View& view, const float* unit, const float* group_sum,
-                   int64_t kblocks, int64_t ngroups, int64_t tile, int64_t n_begin, int64_t n_end) {
+                   int64_t kblocks, int64_t ngroups, int per_scale, int64_t tile, int64_t n_begin,
+                   int64_t n_end) {
   using Acc = typename View::Acc;
   const int bits = p.bits;
   const int64_t mp = row_tiles(p.m) * kTileRows, m0 = tile * kTileRows;
@@ -195,9 +202,10 @@ void tile_portable(const GemmProblem& p, const View& view, const float* unit, co
         offset[r] = S == Scheme::bcq ? z : uniform_offset(half_to_float(p.scales[g * mp + m0 + r]), z, bits);
       }
       const int64_t kb_end = std::min(kblocks, (g + 1) * per_group);
+      Acc sum[kTileRows] = {};
       for (int64_t kb = g * per_group; kb < kb_end; ++kb) {
         const float u = unit[n * kblocks + kb];
-        Acc sum[kTileRows] = {};
+        const bool scale_end = per_scale == 1 || kb % 2 == 1 || kb + 1 == kb_end;  // pairs start even
         for (int plane = bits - 1; plane >= 0; --plane) {
           const uint8_t* blk = wtile + (kb * bits + plane) * kBlockBytes;
           const Acc weight = S == Scheme::uniform ? Acc(1 << plane) : Acc(1);
@@ -211,7 +219,7 @@ void tile_portable(const GemmProblem& p, const View& view, const float* unit, co
             }
             sum[r] += weight * lookups;
           }
-          if (S == Scheme::bcq || plane == 0) {
+          if (S == Scheme::bcq || (plane == 0 && scale_end)) {
             const int a = S == Scheme::bcq ? plane : 0;
             for (int r = 0; r < kTileRows; ++r) {
               acc[r] = std::fma(float(sum[r]), coef[a][r] * u, acc[r]);
@@ -251,8 +259,8 @@ void int8_tile_scalar(const GemmProblem& p, const Int8Tables& t, int64_t tile, i
                       int64_t n_end) {
   with_dtype(p.dtype, [&](auto d) {
     with_scheme(p.scheme, [&](auto s) {
-      tile_portable<d.value, s.value>(p, Int8View{t}, t.unit, t.group_sum, t.kblocks, t.ngroups, tile,
-                                      n_begin, n_end);
+      tile_portable<d.value, s.value>(p, Int8View{t}, t.unit, t.group_sum, t.kblocks, t.ngroups,
+                                      blocks_per_scale(p.scheme, p.bits, p.group_size), tile, n_begin, n_end);
     });
   });
 }
@@ -323,7 +331,7 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
       if (precise)
         with_dtype(p.dtype, [&](auto d) {
           with_scheme(p.scheme, [&](auto s) {
-            tile_portable<d.value, s.value>(p, fp32_view, unit.data(), group_sum.data(), kblocks, ngroups,
+            tile_portable<d.value, s.value>(p, fp32_view, unit.data(), group_sum.data(), kblocks, ngroups, 1,
                                             tile, n0, n1);
           });
         });

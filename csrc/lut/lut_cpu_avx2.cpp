@@ -5,9 +5,10 @@
 // vectors, and per token four vpshufb into the hi tables, plus four into the residual tables on
 // the planes that use them (lut_cpu_kernels.h). Hi lookups are widened to int16 pairwise with
 // vpmaddubsw, whose unsigned operand carries the plane weight (uniform: 4 * 2^plane, so the planes
-// combine in int16; bcq: 4); the small residual lookups are summed in int8. Once per k block (bcq:
-// per plane) the int16 sums are widened to int32, the two 128-bit lanes (different chunks of the
-// same rows) are added, and the result is flushed into fp32 with coefficient * table unit.
+// combine in int16; bcq: 4); the small residual lookups are summed in int8. Once per scale block
+// (one or two k blocks, lut_cpu_kernels.h; bcq: per plane) the int16 sums are widened to int32, the
+// two 128-bit lanes (different chunks of the same rows) are added, and the result is flushed into
+// fp32 with coefficient * table unit.
 //
 // This file must not use inline functions shared with other translation units (dtype.h helpers,
 // std containers): the linker could keep this AVX2 copy for callers on CPUs without AVX2.
@@ -126,13 +127,16 @@ constexpr uintptr_t kPrefetchBytes = 4096;
 // k block and plane and looked up for all NB tokens. Bits is a template argument so the plane loop
 // unrolls and the plane weights become constants.
 template <Scheme S, int Bits, int NB>
-void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, Rows* acc) {
+void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, Rows* out) {
   constexpr int bits = Bits;
   const int64_t kblocks = t.kblocks, mp = row_tiles(p.m) * kTileRows, m0 = tile * kTileRows;
   const int64_t per_group = p.group_size / kBlockK;
   const int ncoef = S == Scheme::bcq ? bits : 1;
+  const int per_scale = blocks_per_scale(S, bits, p.group_size);
   const uint8_t* wtile = p.planes + block_offset(tile, 0, 0, kblocks, bits);
   const __m256i nibble_mask = _mm256_set1_epi8(0x0f);
+  // Local, so the accumulators stay in registers instead of being stored through `out` per k block.
+  Rows acc[NB];
   for (int j = 0; j < NB; ++j) acc[j] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
 
   for (int64_t g = 0; g < t.ngroups; ++g) {
@@ -150,6 +154,8 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
     }
 
     const int64_t kb_end = (g + 1) * per_group < kblocks ? (g + 1) * per_group : kblocks;
+    __m256i sum_lo[NB], sum_hi[NB], res[NB];
+    for (int j = 0; j < NB; ++j) sum_lo[j] = sum_hi[j] = res[j] = _mm256_setzero_si256();
     for (int64_t kb = g * per_group; kb < kb_end; ++kb) {
       const uint8_t* blk = wtile + kb * bits * kBlockBytes;
       // Tiles are contiguous, so this runs ahead into the next tile too. Integer address math:
@@ -159,13 +165,9 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
                                                    l * kBlockBytes),
                      _MM_HINT_T0);
       const int8_t* lut[NB];
-      float unit[NB];
-      __m256i sum_lo[NB], sum_hi[NB], res[NB];
-      for (int j = 0; j < NB; ++j) {
-        lut[j] = t.lut + ((n0 + j) * kblocks + kb) * kTableBytes;
-        unit[j] = t.unit[(n0 + j) * kblocks + kb];
-        sum_lo[j] = sum_hi[j] = res[j] = _mm256_setzero_si256();
-      }
+      for (int j = 0; j < NB; ++j) lut[j] = t.lut + ((n0 + j) * kblocks + kb) * kTableBytes;
+      // Last k block of its scale block (pairs start at even k blocks: lut_cpu_kernels.h).
+      const bool scale_end = per_scale == 1 || kb % 2 == 1 || kb + 1 == kb_end;
       for (int plane = bits - 1; plane >= 0; --plane) {
         const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + plane * kBlockBytes));
         const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + plane * kBlockBytes + 32));
@@ -188,15 +190,19 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
           if (with_residual) {  // uniform: only the top plane, whose weight is then 2^(bits - 1)
             __m256i r[4];
             for (int v = 0; v < 4; ++v) r[v] = _mm256_shuffle_epi8(_mm256_load_si256(tab + 4 + v), idx[v]);
-            res[j] = _mm256_add_epi8(_mm256_add_epi8(r[0], r[1]), _mm256_add_epi8(r[2], r[3]));
+            res[j] = _mm256_add_epi8(res[j], _mm256_add_epi8(_mm256_add_epi8(r[0], r[1]), _mm256_add_epi8(r[2], r[3])));
           }
+          // One token: materialize the sums per plane, otherwise GCC's reassociation defers all the
+          // k block's adds to its end, keeps every vpmaddubsw result live and spills them. (With
+          // four tokens the sums alone outnumber the registers; there the barrier measured slower.)
+          if (NB == 1) asm("" : "+x"(sum_lo[j]), "+x"(sum_hi[j]), "+x"(res[j]));
         }
-        if (S == Scheme::bcq || plane == 0) {
+        if (S == Scheme::bcq || (plane == 0 && scale_end)) {
           const Rows& c = coef[S == Scheme::bcq ? plane : 0];
           const int res_weight = S == Scheme::uniform ? 1 << (bits - 1) : 1;
           for (int j = 0; j < NB; ++j) {
-            flush(sum_lo[j], sum_hi[j], res[j], res_weight, c, unit[j], acc[j]);
-            sum_lo[j] = sum_hi[j] = _mm256_setzero_si256();
+            flush(sum_lo[j], sum_hi[j], res[j], res_weight, c, t.unit[(n0 + j) * kblocks + kb], acc[j]);
+            sum_lo[j] = sum_hi[j] = res[j] = _mm256_setzero_si256();
           }
         }
       }
@@ -206,6 +212,7 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
       acc[j] = {_mm256_fmadd_ps(offset.lo, sg, acc[j].lo), _mm256_fmadd_ps(offset.hi, sg, acc[j].hi)};
     }
   }
+  for (int j = 0; j < NB; ++j) out[j] = acc[j];
 }
 
 template <Scheme S, int Bits, int NB, DType D>
@@ -288,11 +295,12 @@ __m256i pack_tables(const __m256i* a, const __m256i* b) {
 
 }  // namespace
 
-float int8_block_avx2(const float* xs, int8_t* lut) {
+float int8_block_avx2(const float* xs, int blocks, int8_t* lut) {
   // absmax over the chunks of sum_j |x_j|, added in int8_block_scalar's order.
+  const int chunks = blocks * kTableSlots;
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 absmax = _mm256_setzero_ps();
-  for (int u = 0; u < kTableSlots; ++u) {
+  for (int u = 0; u < chunks; ++u) {
     __m256 sum = _mm256_and_ps(_mm256_broadcast_ss(xs + kChunk * u), abs_mask);
     for (int j = 1; j < kChunk; ++j)
       sum = _mm256_add_ps(sum, _mm256_and_ps(_mm256_broadcast_ss(xs + kChunk * u + j), abs_mask));
@@ -300,16 +308,18 @@ float int8_block_avx2(const float* xs, int8_t* lut) {
   }
   const float amax = _mm256_cvtss_f32(absmax);
   if (amax == 0.0f) {
-    for (int v = 0; v < kTableBytes / 32; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(lut) + v, _mm256_setzero_si256());
+    for (int v = 0; v < blocks * kTableBytes / 32; ++v)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lut) + v, _mm256_setzero_si256());
     return 0.0f;
   }
   const __m256 inv = _mm256_div_ps(_mm256_set1_ps(127.0f), absmax);
   // Chunks u and u + 1 (u even) sit in adjacent slots (table_slot), so each pair is one store.
-  for (int u = 0; u < kTableSlots; u += 2) {
+  for (int u = 0; u < chunks; u += 2) {
     const ChunkTable a = quantize_chunk(xs + kChunk * u, inv), b = quantize_chunk(xs + kChunk * (u + 1), inv);
-    const int slot = table_slot(u);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lut + slot * kTableEntries), pack_tables(a.hi, b.hi));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lut + (kTableSlots + slot) * kTableEntries),
+    int8_t* block = lut + (u / kTableSlots) * kTableBytes;
+    const int slot = table_slot(u % kTableSlots);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(block + slot * kTableEntries), pack_tables(a.hi, b.hi));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(block + (kTableSlots + slot) * kTableEntries),
                        pack_tables(a.res, b.res));
   }
   return amax / (127.0f * kResidualSteps);

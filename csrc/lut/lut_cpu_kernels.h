@@ -4,7 +4,7 @@
 // Int8 tables (one set per token n and 32-wide k block kb; chunk u = 4 activations, lut_format.h):
 //   T(c) = sum_j (2 bit_j(c) - 1) x[4u + j] is stored as 4 T / unit ~= 4 h(c) + r(c), with
 //   h = round(T / D) in [-127, 127] ("hi" table) and r = round(4 (T / D - h)) in [-2, 2] ("residual"
-//   table), D = max over the block's 8 chunks of sum_j |x_j| / 127 and unit = D / 4. So a lookup
+//   table), D = max over the scale block's chunks of sum_j |x_j| / 127 and unit = D / 4. So a lookup
 //   carries ~9 bits of precision while both tables stay byte tables for vpshufb. Only the 8 entries
 //   with the MSB set are computed; T(c ^ 15) = -T(c) holds exactly (h and r are negated too).
 //   Layout per (n, kb): 256 bytes = hi[8][16] then residual[8][16], the 8 tables in "slot" order:
@@ -14,10 +14,15 @@
 //   bytes 32-63).
 // Uniform scheme: only the top plane adds the residual. Plane i carries weight 2^i, so the top
 // plane dominates the rounding error (q = 4: 64 / 85 of its variance); the lower planes use 4 h
-// alone, which saves four lookups per plane block and keeps the error near 2e-3 on normal data.
+// alone, which saves four lookups per plane block and keeps the error near 3e-3 on normal data.
 // bcq planes have comparable weights and all use the residual.
-// Integer bounds (uniform, q = 4, one k block): hi part 4 * 15 * 4 * 127 = 30480 per lane plus
-// residual 8 * 4 * 2 = 64, so int16 accumulation within a k block cannot overflow.
+// Scale blocks: normally one k block (8 chunks). Uniform weights of up to 3 bits share D across a
+// pair of k blocks (16 chunks, 64 activations) when groups hold whole pairs, so the kernels add both
+// blocks' integer sums and flush them once (the flush costs about as much as a plane block).
+// Integer bounds per int16 lane (4 chunks of one k block per plane): hi part 4 * (2^q - 1) * 4 * 127
+// plus residual 2^(q-1) * 4 * 2. q = 4, one k block: 30480 + 64. q = 3, a pair: 28448 + 64. Both fit
+// int16; a q = 4 pair would not, which is why q = 4 flushes every k block. The int8 residual sums
+// reach 4 * 2 per k block, 16 per pair.
 #pragma once
 #include <cstdint>
 
@@ -35,6 +40,11 @@ constexpr int kResidualSteps = 4;                             // unit = D / kRes
 // Whether plane `plane` of a `bits`-bit weight adds the residual table (see above).
 inline bool uses_residual(Scheme s, int bits, int plane) { return s == Scheme::bcq || plane == bits - 1; }
 
+// K blocks per scale block (see above): 2 or 1. Pairs start at even k blocks and never straddle a group.
+inline int blocks_per_scale(Scheme s, int bits, int64_t group_size) {
+  return s == Scheme::uniform && bits <= 3 && group_size % (2 * kBlockK) == 0 ? 2 : 1;
+}
+
 // Slot of chunk u (0..7) in the table layout above.
 inline int table_slot(int u) {
   int lane = u % 4, nibble = u / 4;
@@ -43,16 +53,17 @@ inline int table_slot(int u) {
 
 struct Int8Tables {
   const int8_t* lut;       // [n][kblocks][kTableBytes]
-  const float* unit;       // [n][kblocks]: value of one integer step of 4 h + r
+  const float* unit;       // [n][kblocks]: value of one integer step of 4 h + r (same within a scale block)
   const float* group_sum;  // [n][ngroups]: fp32 sum of x over the group (the zero-point term)
   int64_t kblocks, ngroups;
 };
 
-// Builds the int8 tables of one k block from its 32 activations xs (fp32, zero past K) into lut
-// (kTableBytes, 32-byte aligned) and returns the unit. Both versions compute the same fp32 values
-// in the same order (the AVX2 one without fused multiply-adds), so their tables are identical.
-float int8_block_scalar(const float* xs, int8_t* lut);
-float int8_block_avx2(const float* xs, int8_t* lut);
+// Builds the int8 tables of one scale block of `blocks` (1 or 2) k blocks from its 32 * blocks
+// activations xs (fp32, zero past K) into lut (blocks * kTableBytes, 32-byte aligned) and returns the
+// shared unit. Both versions compute the same fp32 values in the same order (the AVX2 one without
+// fused multiply-adds), so their tables are identical.
+float int8_block_scalar(const float* xs, int blocks, int8_t* lut);
+float int8_block_avx2(const float* xs, int blocks, int8_t* lut);
 
 // Computes rows [16 tile, 16 tile + 16) of y for tokens [n_begin, n_end), bias included, and stores
 // them in p.dtype. The scalar and AVX2 versions perform the same integer sums and the same fp32
