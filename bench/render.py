@@ -157,6 +157,8 @@ def plot(op: str, groups: dict[tuple[str, str], list[Result]], path: Path) -> bo
     # One colour per series across panels; tab20 because a family easily has more than 10 series.
     labels = dict.fromkeys(series_label(r) for (o, _), rs in groups.items() if o == op for r in rs)
     colors = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}
+    if not any("N" in r.params for (o, _), rs in groups.items() if o == op for r in rs):
+        return _bar_plot(op, groups, path, plt)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     for ax, (device, shape) in zip(axes[0], panels):
         series: dict[str, list[tuple[int, float]]] = {}
@@ -170,6 +172,30 @@ def plot(op: str, groups: dict[tuple[str, str], list[Result]], path: Path) -> bo
         ax.set(xscale="log", yscale="log", xlabel="N (batch rows)", ylabel="µs per call", title=f"{op} {device} {shape}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _bar_plot(op: str, groups: dict[tuple[str, str], list[Result]], path: Path, plt) -> bool:
+    """For ops without an N axis: one horizontal bar per (case, impl), time on a log axis."""
+    cases = [r for (o, _), rs in groups.items() if o == op for r in rs if r.time_us is not None]
+    case_label = lambda r: " ".join([r.device, r.shape, *(f"{k}={v}" for k, v in r.params.items())])  # noqa: E731
+    impls = list(dict.fromkeys(r.impl for r in cases))
+    colors = {impl: plt.get_cmap("tab10")(i % 10) for i, impl in enumerate(impls)}
+    labels = list(dict.fromkeys(case_label(r) for r in cases))
+    height = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.35 * len(labels) * len(impls)))
+    for j, impl in enumerate(impls):
+        points = [(labels.index(case_label(r)), r.time_us) for r in cases if r.impl == impl]
+        ax.barh([i + j * height for i, _ in points], [t for _, t in points], height=height, label=impl,
+                color=colors[impl])
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="µs per call", title=op)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
