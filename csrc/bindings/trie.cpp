@@ -201,11 +201,11 @@ void trie_advance(Array indptr, Array tokens, std::optional<Array> alive, int64_
 #endif
 }
 
-// A numpy array that owns (moves in) a std::vector.
+// A numpy array that owns (moves in) a build result vector: no copy.
 template <class T>
-nb::object to_numpy(std::vector<T>&& v) {
-  auto* owned = new std::vector<T>(std::move(v));
-  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+nb::object to_numpy(trie::UninitVector<T>&& v) {
+  auto* owned = new trie::UninitVector<T>(std::move(v));
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<trie::UninitVector<T>*>(p); });
   return nb::cast(nb::ndarray<nb::numpy, T, nb::ndim<1>>(owned->data(), {owned->size()}, owner));
 }
 

@@ -287,7 +287,7 @@ struct SortedItems {
 
 // Duplicates (when not deduplicating) and prefix conflicts, reported for the first offending pair in
 // sorted order so the message does not depend on thread timing.
-void check_conflicts(const SortedItems& items, const std::vector<int32_t>& lcp, const std::vector<int32_t>& len,
+void check_conflicts(const SortedItems& items, const UninitVector<int32_t>& lcp, const UninitVector<int32_t>& len,
                      int64_t n, bool dedupe, int nthreads) {
   const Chunks chunks(n, nthreads);
   std::vector<int64_t> first_bad(size_t(chunks.count), n);
@@ -331,7 +331,7 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
 
   // Per sorted item: length and common prefix with the previous item. An item creates the nodes of
   // depths lcp + 1 .. len (none for a duplicate, whose lcp is its length).
-  std::vector<int32_t> lcp(static_cast<size_t>(n)), len(static_cast<size_t>(n));
+  UninitVector<int32_t> lcp(static_cast<size_t>(n)), len(static_cast<size_t>(n));
   parallel_for(n, 16384, nthreads, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       len[i] = int32_t(items.length(i));
@@ -372,9 +372,11 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
 
   // Pass 2: number the nodes. A node's first child is the next node its depth + 1 will get, so
   // indptr[v] = next id at depth + 1, minus 1 (edge e leads to node e + 1); leaves get the same value.
-  out->indptr.assign(size_t(num_nodes) + 1, 0);
-  out->tokens.assign(size_t(num_nodes) - 1, 0);
-  out->perm.assign(size_t(n), -1);
+  // Every element of the (unzeroed) arrays is written here: each node once, each input row once.
+  out->indptr.resize(size_t(num_nodes) + 1);
+  out->tokens.resize(size_t(num_nodes) - 1);
+  out->perm.resize(size_t(n));
+  out->indptr[0] = 0;  // the root's first child is node 1 (edge 0)
   out->indptr[num_nodes] = int32_t(num_nodes - 1);
   int32_t* const indptr = out->indptr.data();
   int32_t* const tokens = out->tokens.data();
@@ -384,7 +386,7 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
       int64_t* next = &next_id[size_t(c) * depths];
       int64_t position = first_item[c];
       for (int64_t i = chunks.begin(c), end = chunks.end(c); i < end; ++i) {
-        if (lcp[i] < len[i] || i == 0) perm[items.row(i)] = position++;
+        perm[items.row(i)] = lcp[i] < len[i] || i == 0 ? position++ : -1;
         for (int64_t d = lcp[i] + 1; d <= len[i]; ++d) {
           const int64_t v = next[d]++;
           tokens[v - 1] = items.token(i, d - 1);
@@ -393,7 +395,6 @@ void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedu
       }
     }
   });
-  // The root's first child is node 1 (edge 0): indptr[0] = 0 from assign.
   out->num_items = first_item[chunks.count];
 
   const Chunks node_chunks(num_nodes, nthreads);

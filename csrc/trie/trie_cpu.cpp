@@ -215,40 +215,52 @@ float logsumexp(ExpSumKernel kernel, const void* row, DType dtype, int64_t vocab
   return std::isinf(e.max) ? e.max : e.max + float(std::log(e.sum));
 }
 
-// Top-k by insertion into a sorted array of k entries (k is a beam width, so small). Visiting children
-// in token order and replacing only on a strictly better score keeps the smaller token first on ties.
-// NaN ranks like -inf.
-struct TopK {
-  float* scores;
-  int32_t* tokens;
-  int32_t* next;
-  int64_t k, size = 0;
-  float floor = -std::numeric_limits<float>::infinity();  // rank(scores[k - 1]) once k are kept
+// Top-k by insertion into a sorted array of k keys (k is a beam width, so small). A key packs a child's
+// rank above its position among the node's edges, so one integer comparison orders by score descending,
+// then by token ascending (edges are token-sorted): ties keep the smaller token first. NaN ranks like
+// -inf and -0 like +0. Scores, tokens and next nodes are written once, from the kept keys.
+class TopK {
+ public:
+  explicit TopK(int64_t k) : keys_(size_t(k)) {}
 
-  static float rank(float s) { return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s; }
-
-  void offer(float score, int32_t token, int32_t child) {
-    if (size == k && !(score > floor)) return;  // the usual case once full; NaN fails it as -inf would
-    int64_t pos = size < k ? size++ : k - 1;
-    while (pos > 0 && rank(score) > rank(scores[pos - 1])) {
-      scores[pos] = scores[pos - 1];
-      tokens[pos] = tokens[pos - 1];
-      next[pos] = next[pos - 1];
-      --pos;
-    }
-    scores[pos] = score;
-    tokens[pos] = token;
-    next[pos] = child;
-    if (size == k) floor = rank(scores[k - 1]);
+  void offer(float score, int64_t edge_in_node) {
+    const uint64_t key = (uint64_t(rank_bits(score)) << 32) | (UINT32_MAX - uint32_t(edge_in_node));
+    const int64_t k = int64_t(keys_.size());
+    if (size_ == k && key <= keys_[k - 1]) return;  // the usual case once full
+    int64_t pos = size_ < k ? size_++ : k - 1;
+    for (; pos > 0 && key > keys_[pos - 1]; --pos) keys_[pos] = keys_[pos - 1];
+    keys_[pos] = key;
   }
 
-  void pad() {
-    for (int64_t i = size; i < k; ++i) {
-      scores[i] = -std::numeric_limits<float>::infinity();
-      tokens[i] = -1;
-      next[i] = -1;
+  // score_of(edge) must return what was offered for that edge. Pads with score -inf, token -1, next -1.
+  template <class ScoreOf>
+  void write(const Row& row, ScoreOf&& score_of, float* scores, int32_t* tokens, int32_t* next) {
+    for (int64_t i = 0; i < int64_t(keys_.size()); ++i) {
+      if (i < size_) {
+        const int64_t edge = row.first_edge + (UINT32_MAX - uint32_t(keys_[i]));
+        scores[i] = score_of(edge);
+        tokens[i] = row.tokens[edge];
+        next[i] = int32_t(edge + 1);
+      } else {
+        scores[i] = -std::numeric_limits<float>::infinity();
+        tokens[i] = -1;
+        next[i] = -1;
+      }
     }
+    size_ = 0;
   }
+
+ private:
+  // Unsigned bits in the order of the floats (NaN as -inf, -0 as +0): negative floats have their bits
+  // flipped, non-negative ones their sign bit set.
+  static uint32_t rank_bits(float score) {
+    const float ranked = std::isnan(score) ? -std::numeric_limits<float>::infinity() : score + 0.0f;
+    const uint32_t bits = float_to_bits(ranked);
+    return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+  }
+
+  std::vector<uint64_t> keys_;
+  int64_t size_ = 0;
 };
 
 int64_t element_size(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
@@ -285,18 +297,20 @@ void candidates_cpu(const Index& ix, const Subset& s, const int32_t* node_ids, i
   const int64_t esize = element_size(dtype);
   const ExpSumKernel exp_sum = exp_sum_kernel();
   parallel_for(rows, 16, nthreads, [&](int64_t r0, int64_t r1) {
+    TopK top(k);
     for (int64_t r = r0; r < r1; ++r) {
       const void* row_base = static_cast<const char*>(logits) + r * row_stride * esize;
       const LogitsRow row{row_base, dtype};
-      TopK top{scores + r * k, tokens + r * k, next_nodes + r * k, k};
       const Row children = row_of(ix, s, node_ids, r);
+      float shift = 0.0f;
       if (k > 0 && children.first_edge < children.end_edge) {
-        const float shift = log_softmax ? logsumexp(exp_sum, row_base, dtype, vocab) : 0.0f;
+        if (log_softmax) shift = logsumexp(exp_sum, row_base, dtype, vocab);
         children.for_each_child([&](int32_t token, int32_t child) {
-          if (token < vocab) top.offer(row[token] - shift, token, child);
+          if (token < vocab) top.offer(row[token] - shift, child - 1 - children.first_edge);
         });
       }
-      top.pad();
+      top.write(children, [&](int64_t edge) { return row[children.tokens[edge]] - shift; }, scores + r * k,
+                tokens + r * k, next_nodes + r * k);
     }
   });
 }

@@ -44,14 +44,6 @@ float horizontal_max(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-double horizontal_sum(__m256 v) {
-  const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
-                                  _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, d);
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-}
-
 // exp(d) for d <= 0 (NaN stays NaN): trie_cpu_kernels.h. n = round(d log2 e) comes from adding
 // 1.5 * 2^23 + 127 (round to nearest): the low mantissa bits of that sum are n + 127, shifted into
 // the exponent field they give 2^n without a round or convert instruction.
@@ -68,27 +60,76 @@ __m256 exp_nonpositive(__m256 d) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23)));
 }
 
+__m256 floored(__m256 max) { return _mm256_max_ps(max, _mm256_set1_ps(-3.402823466e38f)); }
+
+// Per-lane state of the single-pass sum: each lane's running max and its sum of exp(x - max) in two
+// float chains (hiding the add latency). Each row is read once: a group of vectors folds its maxima in,
+// rescales the sums by exp(old max - new max) (one exp per group), then adds its exponentials.
+// Subtracting a max floored at -FLT_MAX keeps a lane that has only seen -inf from computing -inf - -inf.
+struct LaneSums {
+  __m256 max = _mm256_set1_ps(-__builtin_inff());
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+
+  template <int kCount>
+  void add(const __m256 (&x)[kCount]) {
+    __m256 new_max = max;
+    for (int j = 0; j < kCount; ++j) new_max = _mm256_max_ps(x[j], new_max);  // skips NaN
+    const __m256 ref = floored(new_max);
+    const __m256 scale = exp_nonpositive(_mm256_sub_ps(floored(max), ref));
+    max = new_max;
+    acc0 = _mm256_mul_ps(acc0, scale);
+    acc1 = _mm256_mul_ps(acc1, scale);
+    int j = 0;
+    for (; j + 1 < kCount; j += 2) {
+      acc0 = _mm256_add_ps(acc0, exp_nonpositive(_mm256_sub_ps(x[j], ref)));
+      acc1 = _mm256_add_ps(acc1, exp_nonpositive(_mm256_sub_ps(x[j + 1], ref)));
+    }
+    if (j < kCount) acc0 = _mm256_add_ps(acc0, exp_nonpositive(_mm256_sub_ps(x[j], ref)));
+  }
+};
+
+// The float lane sums move into double lane sums every kSumBlock elements (rescaled to the lane max of
+// the latest move), then lanes are combined relative to the row max.
 template <DType D>
 ExpSum exp_sum(const void* row, int64_t vocab) {
+  constexpr int kGroup = 8;  // vectors per rescale
   const int64_t full = vocab / kLanes * kLanes;
-  __m256 top = _mm256_set1_ps(-__builtin_inff());
-  for (int64_t i = 0; i < full; i += kLanes) top = _mm256_max_ps(load8<D>(row, i), top);  // skips NaN
-  if (full < vocab) top = _mm256_max_ps(load8_tail<D>(row, full, vocab), top);
-  ExpSum out{horizontal_max(top), 0.0};
-  if (out.max == __builtin_inff() || out.max == -__builtin_inff()) return out;
-  const __m256 m = _mm256_set1_ps(out.max);
+  LaneSums lanes;
+  __m256 moved_max = lanes.max;  // lane max the double sums are relative to
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  const auto move_to_double = [&] {
+    const __m256 scale = exp_nonpositive(_mm256_sub_ps(floored(moved_max), floored(lanes.max)));
+    const __m256 acc = _mm256_add_ps(lanes.acc0, lanes.acc1);
+    sum_lo = _mm256_fmadd_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(scale)),
+                             _mm256_cvtps_pd(_mm256_castps256_ps128(acc)));
+    sum_hi = _mm256_fmadd_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1)),
+                             _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
+    lanes.acc0 = lanes.acc1 = _mm256_setzero_ps();
+    moved_max = lanes.max;
+  };
   for (int64_t block = 0; block < full; block += kSumBlock) {
     const int64_t block_end = block + kSumBlock < full ? block + kSumBlock : full;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two chains hide the add latency
     int64_t i = block;
-    for (; i + 2 * kLanes <= block_end; i += 2 * kLanes) {
-      acc0 = _mm256_add_ps(acc0, exp_nonpositive(_mm256_sub_ps(load8<D>(row, i), m)));
-      acc1 = _mm256_add_ps(acc1, exp_nonpositive(_mm256_sub_ps(load8<D>(row, i + kLanes), m)));
+    for (; i + kGroup * kLanes <= block_end; i += kGroup * kLanes) {
+      __m256 x[kGroup];
+      for (int j = 0; j < kGroup; ++j) x[j] = load8<D>(row, i + j * kLanes);
+      lanes.add(x);
     }
-    if (i < block_end) acc0 = _mm256_add_ps(acc0, exp_nonpositive(_mm256_sub_ps(load8<D>(row, i), m)));
-    out.sum += horizontal_sum(_mm256_add_ps(acc0, acc1));
+    for (; i < block_end; i += kLanes) lanes.add({load8<D>(row, i)});
+    move_to_double();
   }
-  if (full < vocab) out.sum += horizontal_sum(exp_nonpositive(_mm256_sub_ps(load8_tail<D>(row, full, vocab), m)));
+  if (full < vocab) {
+    lanes.add({load8_tail<D>(row, full, vocab)});
+    move_to_double();
+  }
+  ExpSum out{horizontal_max(lanes.max), 0.0};
+  if (out.max == __builtin_inff() || out.max == -__builtin_inff()) return out;
+  const __m256 to_row_max = exp_nonpositive(_mm256_sub_ps(floored(lanes.max), _mm256_set1_ps(out.max)));
+  const __m256d total = _mm256_add_pd(_mm256_mul_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(to_row_max))),
+                                      _mm256_mul_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(to_row_max, 1))));
+  alignas(32) double lane_sums[4];
+  _mm256_store_pd(lane_sums, total);
+  out.sum = (lane_sums[0] + lane_sums[1]) + (lane_sums[2] + lane_sums[3]);
   return out;
 }
 
