@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/selftest.h"
 #include "lut/lut_cuda_layout.h"
 #include "lut/lut_format.h"
 
@@ -20,14 +21,7 @@ namespace {
 
 using namespace cuda_layout;
 
-struct Checker {
-  std::string* report;
-  int failures = 0, checks = 0;
-  void expect(bool ok, const std::string& what) {
-    ++checks;
-    if (!ok && failures++ < 50 && report) *report += "FAIL: " + what + "\n";
-  }
-};
+using Checker = SelfTestChecker;
 
 // A packer written straight from lut_format.h: bit (m, k) of plane i goes to bit_position(m, k).
 struct PackedBits {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/selftest.h"
 #include "trie/trie_cuda_layout.h"
 
 namespace fastops {
@@ -19,14 +20,7 @@ namespace {
 
 using namespace cuda_layout;
 
-struct Checker {
-  std::string* report;
-  int failures = 0, checks = 0;
-  void expect(bool ok, const std::string& what) {
-    ++checks;
-    if (!ok && failures++ < 50 && report) *report += "FAIL: " + what + "\n";
-  }
-};
+using Checker = SelfTestChecker;
 
 void check_child_edges(Checker& ck, std::mt19937& rng) {
   for (int rep = 0; rep < 200; ++rep) {
