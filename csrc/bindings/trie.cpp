@@ -209,9 +209,10 @@ nb::object to_numpy(trie::UninitVector<T>&& v) {
   return nb::cast(nb::ndarray<nb::numpy, T, nb::ndim<1>>(owned->data(), {owned->size()}, owner));
 }
 
-nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_t max_nodes) {
+nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_t max_nodes, int64_t token_limit) {
   constexpr const char* op = "trie_build";
-  expect_int(seqs, 32, op, "seqs", "int32");
+  if (!is_int(seqs, 32) && !is_int(seqs, 64))
+    throw_type(std::string(op) + ": seqs must be int32 or int64, got " + dtype_str(seqs));
   expect_int(offsets, 64, op, "offsets", "int64");
   expect_vector(seqs, -1, op, "seqs");
   expect_vector(offsets, -1, op, "offsets");
@@ -219,15 +220,19 @@ nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_
     throw_value(std::string(op) + ": seqs and offsets must be on the CPU");
   if (offsets.shape(0) < 1) throw_value(std::string(op) + ": offsets must have n + 1 entries");
   const int64_t n = int64_t(offsets.shape(0)) - 1;
+  if (token_limit < 1 || token_limit > INT32_MAX)
+    throw_value(std::string(op) + ": token_limit must be in [1, 2^31 - 1]");
   const int64_t* off = static_cast<const int64_t*>(offsets.data());
-  for (int64_t i = 0; i < n; ++i)
-    if (off[i] > off[i + 1]) throw_value(std::string(op) + ": offsets must be non-decreasing");
+  // Monotonic offsets are checked (in parallel) by the build, before it reads seqs.
   if (n > 0 && (off[0] != 0 || off[n] != int64_t(seqs.shape(0))))
     throw_value(std::string(op) + ": offsets must run from 0 to the length of seqs");
   trie::BuildResult r;
   {
     nb::gil_scoped_release nogil;
-    trie::build_cpu(static_cast<const int32_t*>(seqs.data()), off, n, dedupe, nthreads, &r, max_nodes);
+    if (is_int(seqs, 32))
+      trie::build_cpu(static_cast<const int32_t*>(seqs.data()), off, n, token_limit, dedupe, nthreads, &r, max_nodes);
+    else
+      trie::build_cpu(static_cast<const int64_t*>(seqs.data()), off, n, token_limit, dedupe, nthreads, &r, max_nodes);
   }
   nb::dict d;
   d["indptr"] = to_numpy(std::move(r.indptr));
@@ -244,7 +249,9 @@ nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_
 void register_trie(nb::module_& m) {
   m.def("trie_build", &trie_build, nb::arg("seqs").noconvert(), nb::arg("offsets").noconvert(),
         nb::arg("dedupe") = true, nb::arg("nthreads") = 1, nb::arg("max_nodes") = trie::kMaxNodes,
-        "CSR trie of int32 sequences seqs[offsets[i]:offsets[i+1]] (layout: csrc/trie/trie.h); returns a dict of "
+        nb::arg("token_limit") = int64_t(INT32_MAX),
+        "CSR trie of int32/int64 sequences seqs[offsets[i]:offsets[i+1]], tokens in [0, token_limit) (layout: "
+        "csrc/trie/trie.h); returns a dict of "
         "numpy arrays indptr, tokens, perm, depth_starts and ints num_items, max_degree");
   m.def("trie_mask_", &trie_mask, nb::arg("indptr").noconvert(), nb::arg("tokens").noconvert(),
         nb::arg("alive").noconvert().none(), nb::arg("rows_per_mask"), nb::arg("node_ids").noconvert(),

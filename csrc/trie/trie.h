@@ -37,8 +37,10 @@ struct Subset {
   int64_t rows_per_mask = 1;       // rows r use mask r / rows_per_mask
 };
 
-// Build (CPU): `seqs` holds N sequences as CSR over int32 tokens (seq i = seqs[offsets[i] .. offsets[i+1])),
-// already mapped to model tokens (>= 0), each of length >= 1. Sorts them lexicographically (a shorter
+// Build (CPU): `seqs` holds N sequences as CSR over int32 or int64 tokens (seq i = seqs[offsets[i] ..
+// offsets[i+1])), already mapped to model tokens, each of length >= 1; offsets run from 0 to the length of
+// seqs. A token outside [0, token_limit) (token_limit <= 2^31 - 1) is a ValueError naming the first one,
+// "sequences[row][col] = v is outside [0, token_limit)". Sorts them lexicographically (a shorter
 // sequence before its extensions), then fills `out`. Duplicates are removed when `dedupe` (the first
 // input row is kept); otherwise, and for a sequence that is a proper prefix of another, ValueError naming
 // the (original) rows. More than `max_nodes` nodes is a ValueError (int32 node ids).
@@ -73,8 +75,9 @@ struct BuildResult {
   int64_t max_degree = 0;
 };
 constexpr int64_t kMaxNodes = INT32_MAX;
-void build_cpu(const int32_t* seqs, const int64_t* offsets, int64_t n, bool dedupe, int nthreads, BuildResult* out,
-               int64_t max_nodes = kMaxNodes);
+template <class T>  // int32_t or int64_t
+void build_cpu(const T* seqs, const int64_t* offsets, int64_t n, int64_t token_limit, bool dedupe, int nthreads,
+               BuildResult* out, int64_t max_nodes = kMaxNodes);
 
 // Per-step operations; node_ids[R] (int32). CPU versions parallel over rows with nthreads.
 // mask: logits[r, t] = -inf for every token t not allowed at node_ids[r]; in place, rows strided.

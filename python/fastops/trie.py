@@ -416,7 +416,10 @@ def _item_ranges(indptr: torch.Tensor, depth_starts: Sequence[int]) -> tuple[tor
 # Build
 # ---------------------------------------------------------------------------------------------------
 def _as_rows(op: str, sequences) -> tuple[np.ndarray, np.ndarray]:
-    """(flat int64 tokens, offsets int64 [N + 1]) of a [N, L] tensor/array or a ragged list."""
+    """(flat int32 or int64 tokens, offsets int64 [N + 1]) of a [N, L] tensor/array or a ragged list.
+
+    Tokens are not range-checked here; an int32/int64 [N, L] input is passed through without a copy.
+    """
     if isinstance(sequences, torch.Tensor):
         sequences = sequences.detach().cpu().numpy()
     if isinstance(sequences, np.ndarray):
@@ -427,9 +430,11 @@ def _as_rows(op: str, sequences) -> tuple[np.ndarray, np.ndarray]:
                              f"got {list(sequences.shape)}")
         n, length = sequences.shape
         flat = sequences.reshape(-1)
-        if flat.dtype.itemsize > 4 and flat.size and (flat.min() < -2**31 or flat.max() > _INT32_MAX):
-            flat = np.clip(flat, -1, _INT32_MAX)  # out of any vocabulary either way: reported below
-        return flat.astype(np.int32, copy=False), np.arange(n + 1, dtype=np.int64) * length
+        if flat.dtype == np.uint64:
+            flat = np.minimum(flat, _INT32_MAX + 1)  # out of any vocabulary either way; must not wrap negative
+        if flat.dtype not in (np.int32, np.int64):
+            flat = flat.astype(np.int64)
+        return flat, np.arange(n + 1, dtype=np.int64) * length
     if not isinstance(sequences, (list, tuple)):
         raise TypeError(f"{op}: sequences must be a tensor, an ndarray or a list of lists, "
                         f"got {type(sequences).__name__}")
@@ -439,7 +444,6 @@ def _as_rows(op: str, sequences) -> tuple[np.ndarray, np.ndarray]:
             raise TypeError(f"{op}: sequences[{i}] must be a list of ints")
     lengths = np.array([r.size for r in rows], dtype=np.int64)
     flat = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
-    flat = np.clip(flat, -1, _INT32_MAX).astype(np.int32)  # beyond int32 is out of range anyway
     return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
@@ -471,11 +475,6 @@ def build_trie(sequences, vocab_size: int, *, level_offsets: Optional[Sequence[i
     if n == 0:
         raise ValueError(f"{op}: sequences must not be empty")
     lengths = np.diff(offsets)
-    if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
-        bad = np.flatnonzero((flat < 0) | (flat >= vocab_size))
-        row, col = _locate(offsets, int(bad[0]))
-        raise ValueError(f"{op}: sequences[{row}][{col}] = {int(flat[bad[0]])} is outside [0, {vocab_size}) "
-                         f"(vocab_size)")
     max_len = int(lengths.max())
     if level_offsets is None:
         offsets_per_level = np.zeros(max_len, dtype=np.int64)
@@ -502,7 +501,14 @@ def build_trie(sequences, vocab_size: int, *, level_offsets: Optional[Sequence[i
     if vocab > _INT32_MAX:
         raise ValueError(f"{op}: model tokens must fit int32; the vocabulary would be {vocab}")
 
-    tokens = flat
+    tokens, token_limit = flat, vocab_size  # the build range-checks tokens in one parallel pass
+    if offsets_per_level.any() or eos_token_id is not None:
+        # Model tokens differ from codebook tokens: check the codebook range before mapping them.
+        bad = np.flatnonzero((flat < 0) | (flat >= vocab_size))
+        if bad.size:
+            row, col = _locate(offsets, int(bad[0]))
+            raise ValueError(f"{op}: sequences[{row}][{col}] = {int(flat[bad[0]])} is outside [0, {vocab_size})")
+        token_limit = vocab
     if offsets_per_level.any():
         level = np.arange(flat.shape[0], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
         tokens = (flat + offsets_per_level[level]).astype(np.int32)
@@ -519,7 +525,10 @@ def build_trie(sequences, vocab_size: int, *, level_offsets: Optional[Sequence[i
         row = int(np.flatnonzero(lengths == 0)[0])
         raise ValueError(f"{op}: sequences[{row}] is empty (an empty item needs eos_token_id)")
 
-    built = _C.trie_build(np.ascontiguousarray(tokens, dtype=np.int32), offsets, dedupe, num_threads())
+    try:
+        built = _C.trie_build(tokens, offsets, dedupe, num_threads(), token_limit=token_limit)
+    except ValueError as e:  # the build's messages name the input ("sequences..."), not the op
+        raise ValueError(f"{op}: {e}") from None
     trie = CSRTrie(indptr=torch.from_numpy(built["indptr"]), tokens=torch.from_numpy(built["tokens"]),
                    perm=torch.from_numpy(built["perm"]),
                    depth_starts=tuple(int(v) for v in built["depth_starts"]), vocab_size=vocab,
