@@ -225,6 +225,24 @@ def test_candidates(device, dtype, log_softmax):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_candidates_rank_nan_like_neg_inf(device):
+    """NaN scores rank like -inf (ties to the smaller token) and are reported as NaN, on every device."""
+    rng, rows, items, t = _setup(seed=5)
+    oracle, prefixes = ref.DictTrie(items), _prefixes(t)
+    ids = _node_ids(rng, t, 16)
+    logits = torch.randint(-2, 2, (16, t.vocab_size)).float()
+    special = torch.rand(16, t.vocab_size, generator=torch.Generator().manual_seed(5))
+    logits[special < 0.3] = float("nan")
+    logits[special > 0.7] = NEG_INF
+    scores, tokens, _ = t.to(device).step(ids.to(device), logits.to(device), "candidates", k=6)
+    for r in range(16):
+        allowed = oracle.allowed(prefixes[int(ids[r])]) if ids[r] >= 0 else []
+        want_s, want_t = ref.candidates(allowed, logits[r].tolist(), 6)
+        assert tokens[r].tolist() == want_t, r
+        torch.testing.assert_close(scores[r].cpu(), torch.tensor(want_s), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_advance_walk_allowed(device):
     rng, rows, items, t = _setup(seed=4)
     prefixes = _prefixes(t)

@@ -15,6 +15,7 @@
 #include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "trie/trie.h"
+#include "trie/topk_key.h"
 #include "trie/trie_cpu_kernels.h"
 
 namespace fastops {
@@ -215,16 +216,16 @@ float logsumexp(ExpSumKernel kernel, const void* row, DType dtype, int64_t vocab
   return std::isinf(e.max) ? e.max : e.max + float(std::log(e.sum));
 }
 
-// Top-k by insertion into a sorted array of k keys (k is a beam width, so small). A key packs a child's
-// rank above its position among the node's edges, so one integer comparison orders by score descending,
-// then by token ascending (edges are token-sorted): ties keep the smaller token first. NaN ranks like
-// -inf and -0 like +0. Scores, tokens and next nodes are written once, from the kept keys.
+// Top-k by insertion into a sorted array of k keys (k is a beam width, so small). Keys (trie/topk_key.h,
+// the CUDA kernel's too) pack a child's rank above its position among the node's edges, so one integer
+// comparison orders by score descending, then by token ascending. Scores, tokens and next nodes are
+// written once, from the kept keys.
 class TopK {
  public:
   explicit TopK(int64_t k) : keys_(size_t(k)) {}
 
   void offer(float score, int64_t edge_in_node) {
-    const uint64_t key = (uint64_t(rank_bits(score)) << 32) | (UINT32_MAX - uint32_t(edge_in_node));
+    const uint64_t key = topk_key(score, edge_in_node);
     const int64_t k = int64_t(keys_.size());
     if (size_ == k && key <= keys_[k - 1]) return;  // the usual case once full
     int64_t pos = size_ < k ? size_++ : k - 1;
@@ -237,7 +238,7 @@ class TopK {
   void write(const Row& row, ScoreOf&& score_of, float* scores, int32_t* tokens, int32_t* next) {
     for (int64_t i = 0; i < int64_t(keys_.size()); ++i) {
       if (i < size_) {
-        const int64_t edge = row.first_edge + (UINT32_MAX - uint32_t(keys_[i]));
+        const int64_t edge = row.first_edge + topk_key_edge(keys_[i]);
         scores[i] = score_of(edge);
         tokens[i] = row.tokens[edge];
         next[i] = int32_t(edge + 1);
@@ -251,14 +252,6 @@ class TopK {
   }
 
  private:
-  // Unsigned bits in the order of the floats (NaN as -inf, -0 as +0): negative floats have their bits
-  // flipped, non-negative ones their sign bit set.
-  static uint32_t rank_bits(float score) {
-    const float ranked = std::isnan(score) ? -std::numeric_limits<float>::infinity() : score + 0.0f;
-    const uint32_t bits = float_to_bits(ranked);
-    return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
-  }
-
   std::vector<uint64_t> keys_;
   int64_t size_ = 0;
 };

@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(kCandWarpsMax * 32) trie_candidates_kernel(Can
   for (int i = lane; i < a.k; i += 32) {
     const uint64_t key = top.cur[i];
     const int64_t e = topk_key_edge(key);
-    a.scores[out0 + i] = key ? topk_key_score(key) : -INFINITY;
+    a.scores[out0 + i] = key ? load_elem<D>(row, a.tv.tokens[e]) - lse : -INFINITY;  // as keyed (NaN kept)
     a.tokens[out0 + i] = key ? a.tv.tokens[e] : -1;
     a.next_nodes[out0 + i] = key ? int32_t(e + 1) : -1;
   }

@@ -1,13 +1,13 @@
 // Index math of the CUDA trie kernels (trie_cuda.cu): child ranges with bad-id handling, the split of a
 // strided row into 16-byte vectors plus scalar head/tail, per-CTA row chunks, shared-bitmap positions,
-// top-k keys and the warp merge network, and the logsumexp accumulator. Everything is a small FASTOPS_HD
+// the warp merge network of top-k keys, and the logsumexp accumulator. Everything is a small FASTOPS_HD
 // function so the same code is checked on the CPU by trie_cuda_layout_test.cpp.
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "common/hd.h"
+#include "trie/topk_key.h"
 
 namespace fastops {
 namespace trie {
@@ -129,42 +129,7 @@ FASTOPS_HD int64_t bitmask_bitmap_origin(const RowChunk& ch) { return 32 * (ch.a
 FASTOPS_HD int64_t bitmask_shared_word(const RowChunk& ch, int64_t unit) { return unit - ch.aligned + kBitmaskPadWords; }
 
 // ---------------------------------------------------------------------------------------------------
-// Top-k keys: one uint64 per candidate, larger = better, unique per edge: the score's order-preserving
-// bits on top (NaN ranks below -inf, -0 counts as +0), then ~edge, so equal scores prefer the smaller edge,
-// which is the smaller token (tokens ascend with the edge). Key 0 means "no candidate": it is below every
-// real key because ~edge >= 2^31.
-FASTOPS_HD uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  return b;
-#endif
-}
-FASTOPS_HD float float_from_bits(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float x;
-  std::memcpy(&x, &b, 4);
-  return x;
-#endif
-}
-FASTOPS_HD uint32_t float_order_bits(float x) {
-  if (x != x) return 1u;
-  uint32_t b = float_bits(x);
-  if (b == 0x80000000u) b = 0;
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-FASTOPS_HD float float_from_order_bits(uint32_t o) {
-  return float_from_bits((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
-}
-FASTOPS_HD uint64_t topk_key(float score, int64_t edge) {
-  return (uint64_t(float_order_bits(score)) << 32) | uint64_t(0xffffffffu - uint32_t(edge));
-}
-FASTOPS_HD float topk_key_score(uint64_t key) { return float_from_order_bits(uint32_t(key >> 32)); }
-FASTOPS_HD int64_t topk_key_edge(uint64_t key) { return int64_t(0xffffffffu - uint32_t(key)); }
+// Top-k keys: trie/topk_key.h (shared with the CPU kernel).
 
 // Entries of the descending array a[0 .. n) strictly greater than v (binary search): the merge rank offset.
 FASTOPS_HD int count_greater(const uint64_t* a, int n, uint64_t v) {
