@@ -16,7 +16,7 @@ namespace bind {
 namespace nb = nanobind;
 using Array = nb::ndarray<>;
 
-inline bool is_float_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code code) {
+inline bool has_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code code) {
   nb::dlpack::dtype d = a.dtype();
   return d.code == uint8_t(code) && d.bits == bits && d.lanes == 1;
 }
@@ -37,15 +37,15 @@ inline std::string dtype_str(const Array& a) {
 
 // float32 / float16 / bfloat16 -> DType; anything else is a TypeError naming the argument.
 inline DType float_dtype(const Array& a, const char* op, const char* name) {
-  if (is_float_dtype(a, 32, nb::dlpack::dtype_code::Float)) return DType::f32;
-  if (is_float_dtype(a, 16, nb::dlpack::dtype_code::Float)) return DType::f16;
-  if (is_float_dtype(a, 16, nb::dlpack::dtype_code::Bfloat)) return DType::bf16;
+  if (has_dtype(a, 32, nb::dlpack::dtype_code::Float)) return DType::f32;
+  if (has_dtype(a, 16, nb::dlpack::dtype_code::Float)) return DType::f16;
+  if (has_dtype(a, 16, nb::dlpack::dtype_code::Bfloat)) return DType::bf16;
   throw_type(std::string(op) + ": " + name + " must be float32, float16 or bfloat16, got " + dtype_str(a));
 }
 
 inline void expect_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code code, const char* op,
                          const char* name, const char* expected) {
-  if (!is_float_dtype(a, bits, code))
+  if (!has_dtype(a, bits, code))
     throw_type(std::string(op) + ": " + name + " must be " + expected + ", got " + dtype_str(a));
 }
 
@@ -60,6 +60,14 @@ inline bool is_contiguous(const Array& a) {
 
 inline void expect_contiguous(const Array& a, const char* op, const char* name) {
   if (!is_contiguous(a)) throw_value(std::string(op) + ": " + name + " must be contiguous");
+}
+
+// A contiguous 1-D array of `size` elements (size < 0: any length).
+inline void expect_vector(const Array& a, int64_t size, const char* op, const char* name) {
+  if (a.ndim() != 1 || (size >= 0 && int64_t(a.shape(0)) != size))
+    throw_value(std::string(op) + ": " + name + " must have shape [" + (size >= 0 ? std::to_string(size) : "*") +
+                "]");
+  expect_contiguous(a, op, name);
 }
 
 inline void expect_numel(const Array& a, int64_t numel, const char* op, const char* name) {

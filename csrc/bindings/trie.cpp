@@ -19,23 +19,6 @@ namespace fastops {
 namespace bind {
 namespace {
 
-bool is_int(const Array& a, uint8_t bits, nb::dlpack::dtype_code code = nb::dlpack::dtype_code::Int) {
-  nb::dlpack::dtype d = a.dtype();
-  return d.code == uint8_t(code) && d.bits == bits && d.lanes == 1;
-}
-
-void expect_int(const Array& a, uint8_t bits, const char* op, const char* name, const char* expected,
-                nb::dlpack::dtype_code code = nb::dlpack::dtype_code::Int) {
-  if (!is_int(a, bits, code)) throw_type(std::string(op) + ": " + name + " must be " + expected + ", got " + dtype_str(a));
-}
-
-void expect_vector(const Array& a, int64_t size, const char* op, const char* name) {
-  if (a.ndim() != 1 || (size >= 0 && int64_t(a.shape(0)) != size))
-    throw_value(std::string(op) + ": " + name + " must have shape [" + (size >= 0 ? std::to_string(size) : "*") +
-                "]");
-  expect_contiguous(a, op, name);
-}
-
 // The trie arrays, the subset and the row ids shared by every per-step op.
 struct StepArgs {
   trie::Index ix;
@@ -47,9 +30,9 @@ struct StepArgs {
 
 StepArgs step_args(const char* op, const Array& indptr, const Array& tokens, const std::optional<Array>& alive,
                    int64_t rows_per_mask, const Array& node_ids) {
-  expect_int(indptr, 32, op, "indptr", "int32");
-  expect_int(tokens, 32, op, "tokens", "int32");
-  expect_int(node_ids, 32, op, "node_ids", "int32");
+  expect_dtype(indptr, 32, nb::dlpack::dtype_code::Int, op, "indptr", "int32");
+  expect_dtype(tokens, 32, nb::dlpack::dtype_code::Int, op, "tokens", "int32");
+  expect_dtype(node_ids, 32, nb::dlpack::dtype_code::Int, op, "node_ids", "int32");
   expect_vector(indptr, -1, op, "indptr");
   if (indptr.shape(0) < 2) throw_value(std::string(op) + ": indptr must have at least 2 entries");
   StepArgs a;
@@ -60,7 +43,7 @@ StepArgs step_args(const char* op, const Array& indptr, const Array& tokens, con
   expect_same_device(node_ids, indptr, op, "node_ids", "indptr");
   expect_same_device(node_ids, tokens, op, "node_ids", "tokens");
   if (alive) {
-    expect_int(*alive, 8, op, "alive", "uint8", nb::dlpack::dtype_code::UInt);
+    expect_dtype(*alive, 8, nb::dlpack::dtype_code::UInt, op, "alive", "uint8");
     expect_contiguous(*alive, op, "alive");
     expect_same_device(node_ids, *alive, op, "node_ids", "alive");
     const int64_t masks = int64_t(alive->size()) / a.ix.num_nodes;
@@ -113,7 +96,7 @@ void trie_bitmask(Array indptr, Array tokens, std::optional<Array> alive, int64_
   constexpr const char* op = "trie_bitmask";
   const StepArgs a = step_args(op, indptr, tokens, alive, rows_per_mask, node_ids);
   if (vocab < 0) throw_value(std::string(op) + ": vocab must be >= 0");
-  expect_int(out, 32, op, "out", "int32");
+  expect_dtype(out, 32, nb::dlpack::dtype_code::Int, op, "out", "int32");
   const int64_t words = (vocab + 31) / 32;
   if (out.ndim() != 2 || int64_t(out.shape(0)) != a.rows || int64_t(out.shape(1)) != words)
     throw_value(std::string(op) + ": out must have shape [" + std::to_string(a.rows) + ", " + std::to_string(words) +
@@ -143,8 +126,8 @@ void trie_candidates(Array indptr, Array tokens, std::optional<Array> alive, int
   auto [dt, vocab, row_stride] = logits_layout(op, logits, a);
   expect_same_device(node_ids, logits, op, "node_ids", "logits");
   expect_dtype(scores, 32, nb::dlpack::dtype_code::Float, op, "scores", "float32");
-  expect_int(out_tokens, 32, op, "tokens_out", "int32");
-  expect_int(next_nodes, 32, op, "next_nodes", "int32");
+  expect_dtype(out_tokens, 32, nb::dlpack::dtype_code::Int, op, "tokens_out", "int32");
+  expect_dtype(next_nodes, 32, nb::dlpack::dtype_code::Int, op, "next_nodes", "int32");
   if (scores.ndim() != 2 || int64_t(scores.shape(0)) != a.rows)
     throw_value(std::string(op) + ": scores must have shape [" + std::to_string(a.rows) + ", k]");
   const int64_t k = int64_t(scores.shape(1));
@@ -179,8 +162,8 @@ void trie_advance(Array indptr, Array tokens, std::optional<Array> alive, int64_
                   Array step_tokens, Array next_nodes, int nthreads, std::uintptr_t stream) {
   constexpr const char* op = "trie_advance";
   const StepArgs a = step_args(op, indptr, tokens, alive, rows_per_mask, node_ids);
-  expect_int(step_tokens, 32, op, "step_tokens", "int32");
-  expect_int(next_nodes, 32, op, "next_nodes", "int32");
+  expect_dtype(step_tokens, 32, nb::dlpack::dtype_code::Int, op, "step_tokens", "int32");
+  expect_dtype(next_nodes, 32, nb::dlpack::dtype_code::Int, op, "next_nodes", "int32");
   expect_vector(step_tokens, a.rows, op, "step_tokens");
   expect_vector(next_nodes, a.rows, op, "next_nodes");
   expect_same_device(node_ids, step_tokens, op, "node_ids", "step_tokens");
@@ -211,9 +194,9 @@ nb::object to_numpy(trie::UninitVector<T>&& v) {
 
 nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_t max_nodes, int64_t token_limit) {
   constexpr const char* op = "trie_build";
-  if (!is_int(seqs, 32) && !is_int(seqs, 64))
+  if (!has_dtype(seqs, 32, nb::dlpack::dtype_code::Int) && !has_dtype(seqs, 64, nb::dlpack::dtype_code::Int))
     throw_type(std::string(op) + ": seqs must be int32 or int64, got " + dtype_str(seqs));
-  expect_int(offsets, 64, op, "offsets", "int64");
+  expect_dtype(offsets, 64, nb::dlpack::dtype_code::Int, op, "offsets", "int64");
   expect_vector(seqs, -1, op, "seqs");
   expect_vector(offsets, -1, op, "offsets");
   if (device_of(seqs, op, "seqs") != Device::cpu || device_of(offsets, op, "offsets") != Device::cpu)
@@ -229,7 +212,7 @@ nb::dict trie_build(Array seqs, Array offsets, bool dedupe, int nthreads, int64_
   trie::BuildResult r;
   {
     nb::gil_scoped_release nogil;
-    if (is_int(seqs, 32))
+    if (has_dtype(seqs, 32, nb::dlpack::dtype_code::Int))
       trie::build_cpu(static_cast<const int32_t*>(seqs.data()), off, n, token_limit, dedupe, nthreads, &r, max_nodes);
     else
       trie::build_cpu(static_cast<const int64_t*>(seqs.data()), off, n, token_limit, dedupe, nthreads, &r, max_nodes);
