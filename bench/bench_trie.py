@@ -152,7 +152,7 @@ def _mask_runner(impl: str, n: int, vocab: int, rows: int, beams: int, depth: in
     return lambda logits: processor(input_ids, logits)
 
 
-def _mask_case(device, n, vocab, batch, beams, depth, dtype, impl) -> tuple[Case, int]:
+def _mask_case(device, n, vocab, batch, beams, depth, dtype, impl) -> Case:
     rows = batch * beams
 
     def prepare() -> Prepared:
@@ -161,20 +161,20 @@ def _mask_case(device, n, vocab, batch, beams, depth, dtype, impl) -> tuple[Case
         return Prepared(run, logits, rows * vocab * dtype.itemsize, 0, dtype)
 
     params = {"items": f"{n:.0e}", "depth": depth, "dtype": harness.DTYPE_NAMES[dtype]}
-    return Case("trie_mask", device, f"R{rows}xV{vocab}", params, impl, prepare), rows
+    return Case("trie_mask", device, f"R{rows}xV{vocab}", params, impl, prepare, rows=rows)
 
 
-def _bitmask_case(device, n, vocab, rows, depth) -> tuple[Case, int]:
+def _bitmask_case(device, n, vocab, rows, depth) -> Case:
     def prepare() -> Prepared:
         trie, nodes = _trie(n, vocab, device), _node_ids(n, vocab, rows, depth, device)
         return Prepared(lambda nodes: trie.step(nodes, None, mode="bitmask"), Rotation(nodes, device, min_copies=1),
                         rows * -(-vocab // 32) * 4, 0, torch.int32)
 
     params = {"items": f"{n:.0e}", "depth": depth}
-    return Case("trie_bitmask", device, f"R{rows}xV{vocab}", params, "fastops", prepare), rows
+    return Case("trie_bitmask", device, f"R{rows}xV{vocab}", params, "fastops", prepare, rows=rows)
 
 
-def _candidates_case(device, n, vocab, batch, beams, depth, dtype, impl) -> tuple[Case, int]:
+def _candidates_case(device, n, vocab, batch, beams, depth, dtype, impl) -> Case:
     rows = batch * beams
 
     def prepare() -> Prepared:
@@ -189,10 +189,10 @@ def _candidates_case(device, n, vocab, batch, beams, depth, dtype, impl) -> tupl
         return Prepared(run, logits, rows * (vocab * dtype.itemsize + beams * 12), 0, dtype)
 
     params = {"items": f"{n:.0e}", "depth": depth, "k": beams, "dtype": harness.DTYPE_NAMES[dtype]}
-    return Case("trie_candidates", device, f"R{rows}xV{vocab}", params, impl, prepare), rows
+    return Case("trie_candidates", device, f"R{rows}xV{vocab}", params, impl, prepare, rows=rows)
 
 
-def _advance_case(device, n, vocab, rows, depth, impl) -> tuple[Case, int]:
+def _advance_case(device, n, vocab, rows, depth, impl) -> Case:
     def prepare() -> Prepared:
         nodes = _node_ids(n, vocab, rows, depth, device)
         tokens = _prefixes(n, vocab, rows, depth)[:, depth].to(device, torch.int32)
@@ -205,10 +205,10 @@ def _advance_case(device, n, vocab, rows, depth, impl) -> tuple[Case, int]:
         return Prepared(run, Rotation(tokens, device, min_copies=1), rows * 12, 0, torch.int32)
 
     params = {"items": f"{n:.0e}", "depth": depth}
-    return Case("trie_advance", device, f"R{rows}", params, impl, prepare), rows
+    return Case("trie_advance", device, f"R{rows}", params, impl, prepare, rows=rows)
 
 
-def _build_case(device, n, impl) -> tuple[Case, int]:
+def _build_case(device, n, impl) -> Case:
     def prepare() -> Prepared:
         items = _items(n)
         if impl == "fastops":
@@ -219,11 +219,11 @@ def _build_case(device, n, impl) -> tuple[Case, int]:
             run = lambda x: dict_trie(x.tolist())  # noqa: E731
         return Prepared(run, Rotation(items, "cpu", min_copies=1), items.nbytes, 0, torch.int64)
 
-    return Case("trie_build", device, f"{n:.0e}x{LEVELS}", {}, impl, prepare), n
+    return Case("trie_build", device, f"{n:.0e}x{LEVELS}", {}, impl, prepare, rows=n)
 
 
-def per_row_cases(device: str, quick: bool) -> list[tuple[Case, int]]:
-    """(case, rows per call) in run order: one (vocab, |items|) trie at a time."""
+def build_cases(device: str, quick: bool) -> list[Case]:
+    """The cases in run order: one (vocab, |items|) trie at a time."""
     plan = _plan(device, quick)
     cases = []
     if device == "cpu":  # build runs on the host whatever the device of the trie
@@ -246,13 +246,5 @@ def per_row_cases(device: str, quick: bool) -> list[tuple[Case, int]]:
     return cases
 
 
-def register_cases(device: str, quick: bool) -> list[Case]:
-    """harness.main registers the cases a suite returns with the plain counters; these need per-row
-    counters, so they are registered here and none are returned."""
-    for case, rows in per_row_cases(device, quick):
-        harness.register_per_row(case, rows)
-    return []
-
-
 if __name__ == "__main__":
-    harness.main(register_cases)
+    harness.main(build_cases)

@@ -104,6 +104,7 @@ class Roofline:
     device: str
     read_gbs: float  # multi-threaded sum over a buffer 8x the last-level cache
     copy_gbs: float  # copy_, counting read + write bytes
+    write_gbs: float  # fill_ of the same buffer
     linear_gflops: dict[str, float]  # dtype name -> dense matmul rate (nn.Linear layout)
 
     def bound(self, nbytes: int, flops: int) -> tuple[float, str]:
@@ -120,7 +121,8 @@ class Roofline:
         return nbytes / (self.read_gbs * 1e9)
 
     def context(self) -> dict[str, str]:
-        out = {"roofline_read_gbs": f"{self.read_gbs:.2f}", "roofline_copy_gbs": f"{self.copy_gbs:.2f}"}
+        out = {"roofline_read_gbs": f"{self.read_gbs:.2f}", "roofline_copy_gbs": f"{self.copy_gbs:.2f}",
+               "roofline_write_gbs": f"{self.write_gbs:.2f}"}
         out.update({f"roofline_{k}_gflops": f"{v:.1f}" for k, v in self.linear_gflops.items()})
         return out
 
@@ -134,10 +136,11 @@ def roofline(device: str) -> Roofline:
     # Many short reps: the best one is the estimate least disturbed by other processes.
     read = buf_bytes / _best_seconds(src.sum, device, reps=15) / 1e9
     copy_rate = 2 * buf_bytes / _best_seconds(lambda: dst.copy_(src), device, reps=15) / 1e9
+    write = buf_bytes / _best_seconds(lambda: dst.fill_(-1.0), device, reps=15) / 1e9
     del src, dst
     dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)
     rates = {DTYPE_NAMES[dt]: _linear_gflops(device, dt) for dt in dtypes}
-    return Roofline(device, read, copy_rate, rates)
+    return Roofline(device, read, copy_rate, write, rates)
 
 
 def git_commit() -> str:
@@ -277,6 +280,7 @@ class Case:
     params: dict[str, Any]
     impl: str
     prepare: Callable[[], Prepared]  # runs inside the benchmark, so filtered-out cases cost nothing
+    rows: int = 0  # rows (or items) one call handles, for per-row ops: adds the rows_per_s counter
 
     @property
     def name(self) -> str:
@@ -360,7 +364,12 @@ def _benchmark_fn(case: Case) -> Callable[[Any], None]:
         state.counters["roofline_frac"] = roof_seconds * state.iterations / seconds
         # Fraction of the measured read bandwidth, whatever the binding roof: the figure of merit of
         # weight-streaming kernels at small N.
-        state.counters["mem_frac"] = roofline(case.device).bound_mem(prep.nbytes) * state.iterations / seconds
+        roof = roofline(case.device)
+        state.counters["mem_frac"] = roof.bound_mem(prep.nbytes) * state.iterations / seconds
+        # The same against the write bandwidth: the roof of ops that mostly write `bytes` (masking logits).
+        state.counters["write_frac"] = prep.nbytes / (roof.write_gbs * 1e9) * state.iterations / seconds
+        if case.rows:
+            state.counters["rows_per_s"] = gb.Counter(case.rows, gb.Counter.kIsIterationInvariantRate)
         state.set_label(f"{DTYPE_NAMES[prep.dtype]} {bound}-bound")
 
     return fn
@@ -402,34 +411,3 @@ def main(build_cases: Callable[[str, bool], list[Case]]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Write-bound ops (trie masks): write bandwidth probe and rows/s counters
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def write_gbs(device: str) -> float:
-    """Measured write bandwidth in GB/s: fill_ of a buffer 8x the last-level cache (CPU, at least
-    256 MiB) or 1 GiB (CUDA), best of 15. The roof of ops whose cost is writing a [rows, V] buffer."""
-    buf_bytes = max(8 * last_level_cache_bytes(device), 256 << 20) if device == "cpu" else 1 << 30
-    buf = torch.empty(buf_bytes // 4, device=device)
-    return buf_bytes / _best_seconds(lambda: buf.fill_(-1.0), device, reps=15) / 1e9
-
-
-def register_per_row(case: Case, rows: int) -> None:
-    """register(case), plus counters for per-row ops: `rows_per_s`, and `write_frac` = (bytes / measured
-    write bandwidth) / time per call, the roofline fraction of ops that mostly write (`bytes` is then
-    the bytes they must write). Both come from the call time the harness measured, recovered from its
-    mem_frac counter (read-roof seconds of `bytes` / mem_frac)."""
-    measure = _benchmark_fn(case)
-
-    def fn(state: Any) -> None:
-        measure(state)
-        if state.error_occurred:
-            return
-        nbytes = memo(("prepared", case.name), case.prepare).nbytes
-        seconds_per_call = roofline(case.device).bound_mem(nbytes) / state.counters["mem_frac"].value
-        state.counters["rows_per_s"] = rows / seconds_per_call
-        state.counters["write_frac"] = nbytes / (write_gbs(case.device) * 1e9) / seconds_per_call
-
-    options = gb.option.unit(gb.kMicrosecond)(fn)
-    options = (gb.option.use_manual_time() if case.device == "cuda" else gb.option.use_real_time())(options)
-    gb.register(options, name=case.name)
