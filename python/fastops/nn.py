@@ -31,9 +31,17 @@ class LutLinear(torch.nn.Module):
 
     @property
     def weight(self) -> LutWeight:
-        return LutWeight(planes=self.planes, scales=self.scales, zeros=self.zeros,
-                         shape=(self.out_features, self.in_features), bits=self.bits,
-                         group_size=self.group_size, scheme=self.scheme)
+        # Validating a LutWeight costs ~20 us: build it once per set of buffers (.to() replaces them;
+        # load_state_dict copies into them in place), not on every forward.
+        buffers = (self.planes, self.scales, self.zeros)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is None or any(a is not b for a, b in zip(cached[0], buffers)):
+            weight = LutWeight(planes=self.planes, scales=self.scales, zeros=self.zeros,
+                               shape=(self.out_features, self.in_features), bits=self.bits,
+                               group_size=self.group_size, scheme=self.scheme)
+            cached = (buffers, weight)
+            self.__dict__["_weight_cache"] = cached
+        return cached[1]
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: Optional[int] = 128, scheme: str = "asym",
