@@ -50,6 +50,8 @@ inline void expect_dtype(const Array& a, uint8_t bits, nb::dlpack::dtype_code co
 }
 
 inline bool is_contiguous(const Array& a) {
+  for (size_t i = 0; i < a.ndim(); ++i)
+    if (a.shape(i) == 0) return true;  // no elements: every stride is as good as any (torch agrees)
   int64_t expect = 1;
   for (size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expect) return false;

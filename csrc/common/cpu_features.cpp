@@ -31,6 +31,7 @@ CpuFeatures detect() {
   const bool avx = c & (1u << 28);
   f.fma = c & (1u << 12);
   f.f16c = c & (1u << 29);
+  f.popcnt = c & (1u << 23);
   if (!osxsave || !avx) return f;
   const uint64_t xcr0 = xgetbv0();
   const bool ymm_state = (xcr0 & 0x6) == 0x6;
@@ -53,7 +54,7 @@ CpuFeatures detect() {
     __cpuid_count(7, 1, a1, b1, c1, d1);
     f.avx512_bf16 = a1 & (1u << 5);
   }
-  if (!f.fma || !f.f16c) f.avx2 = false;  // our AVX2 kernels also use FMA and F16C
+  if (!f.fma || !f.f16c || !f.popcnt) f.avx2 = false;  // our AVX2 kernels also use FMA, F16C and POPCNT
 #endif
   return f;
 }

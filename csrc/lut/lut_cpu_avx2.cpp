@@ -11,12 +11,14 @@
 // fp32 with coefficient * table unit.
 //
 // This file must not use inline functions shared with other translation units (dtype.h helpers,
-// std containers): the linker could keep this AVX2 copy for callers on CPUs without AVX2.
+// std containers): the linker could keep this AVX2 copy for callers on CPUs without AVX2
+// (common/avx2_convert.h has TU-local conversions).
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
 
+#include "common/avx2_convert.h"
 #include "lut/lut_cpu_kernels.h"
 
 namespace fastops {
@@ -29,54 +31,19 @@ struct Rows {
   __m256 lo, hi;
 };
 
-Rows load_half_rows(const uint16_t* h) {
-  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))),
-          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 8)))};
-}
-
-__m256 bf16x8_to_float(const uint16_t* b) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
-// fp32 -> bf16 bits in the low half of each 32-bit lane, round to nearest even, nan stays nan.
-__m256i float_to_bf16x8(__m256 v) {
-  const __m256i x = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
-  const __m256i rounded =
-      _mm256_srli_epi32(_mm256_add_epi32(x, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
-  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
-  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
-}
+Rows load_half_rows(const uint16_t* h) { return {f16x8_to_float(h), f16x8_to_float(h + 8)}; }
 
 template <DType D>
 Rows load_rows(const void* base) {
-  if constexpr (D == DType::f32) {
-    const float* f = static_cast<const float*>(base);
-    return {_mm256_loadu_ps(f), _mm256_loadu_ps(f + 8)};
-  } else if constexpr (D == DType::f16) {
-    return load_half_rows(static_cast<const uint16_t*>(base));
-  } else {
-    const uint16_t* b = static_cast<const uint16_t*>(base);
-    return {bf16x8_to_float(b), bf16x8_to_float(b + 8)};
-  }
+  constexpr int64_t elem = D == DType::f32 ? 4 : 2;
+  return {load8<D>(base), load8<D>(static_cast<const unsigned char*>(base) + 8 * elem)};
 }
 
 template <DType D>
 void store_rows(void* base, Rows v) {
-  if constexpr (D == DType::f32) {
-    float* f = static_cast<float*>(base);
-    _mm256_storeu_ps(f, v.lo);
-    _mm256_storeu_ps(f + 8, v.hi);
-  } else if constexpr (D == DType::f16) {
-    __m128i* h = static_cast<__m128i*>(base);
-    _mm_storeu_si128(h, _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    _mm_storeu_si128(h + 1, _mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  } else {
-    const __m256i packed = _mm256_packus_epi32(float_to_bf16x8(v.lo), float_to_bf16x8(v.hi));
-    _mm256_storeu_si256(static_cast<__m256i*>(base), _mm256_permute4x64_epi64(packed, 0xd8));
-  }
+  constexpr int64_t elem = D == DType::f32 ? 4 : 2;
+  store8<D>(base, v.lo);
+  store8<D>(static_cast<unsigned char*>(base) + 8 * elem, v.hi);
 }
 
 // y[n, m0 .. m0 + rows) = acc + bias. A partial tile goes through a buffer: bias and y hold only
