@@ -15,6 +15,13 @@ REL_ERR = {
     ("lut_gemm", "cuda", torch.float32): 1e-5,
     ("lut_gemm", "cuda", torch.float16): 1e-3,
     ("lut_gemm", "cuda", torch.bfloat16): 8e-3,
+    # bitgemm.gemm_scaled: exact integer products, fp32 scaling across groups, one output rounding.
+    ("bitgemm_scaled", "cpu", torch.float32): 1e-6,
+    ("bitgemm_scaled", "cpu", torch.float16): 1e-3,
+    ("bitgemm_scaled", "cpu", torch.bfloat16): 8e-3,
+    ("bitgemm_scaled", "cuda", torch.float32): 1e-6,
+    ("bitgemm_scaled", "cuda", torch.float16): 1e-3,
+    ("bitgemm_scaled", "cuda", torch.bfloat16): 8e-3,
 }
 
 

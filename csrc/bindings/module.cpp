@@ -16,6 +16,7 @@ namespace nb = nanobind;
 namespace fastops {
 namespace bind {
 void register_lut(nb::module_& m);
+void register_bitgemm(nb::module_& m);
 void register_trie(nb::module_& m);
 }
 }  // namespace fastops
@@ -28,6 +29,7 @@ nb::dict cpu_features_dict() {
   d["avx2"] = f.avx2;
   d["fma"] = f.fma;
   d["f16c"] = f.f16c;
+  d["popcnt"] = f.popcnt;
   d["avx512f"] = f.avx512f;
   d["avx512bw"] = f.avx512bw;
   d["avx512vl"] = f.avx512vl;
@@ -89,5 +91,6 @@ NB_MODULE(_C, m) {
   }, nb::arg("device"));
 
   fastops::bind::register_lut(m);
+  fastops::bind::register_bitgemm(m);
   fastops::bind::register_trie(m);
 }

@@ -2,10 +2,11 @@
 
     w = fastops.lut.quantize(linear.weight, bits=2)     # packed low-bit weight
     y = fastops.lut_gemm(x, w)                          # x[..., K] fp16/bf16/fp32 on CPU or CUDA
+    c = fastops.bitgemm.gemm(a, w)                      # exact low-bit integer GEMM (bit-sliced)
 """
 from . import _C
 from ._info import format_info, info
-from . import lut, nn, trie
+from . import bitgemm, lut, nn, trie
 from .lut import LutWeight, lut_gemm
 
 __version__ = _C.__version__
@@ -27,5 +28,5 @@ def set_cpu_isa(name: str) -> None:
     _C.set_isa(name)
 
 
-__all__ = ["lut", "nn", "trie", "lut_gemm", "LutWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
+__all__ = ["bitgemm", "lut", "nn", "trie", "lut_gemm", "LutWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
            "built_with_cuda", "__version__"]

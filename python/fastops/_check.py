@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from . import _C, cuda_available, lut, trie
+from . import _C, bitgemm, cuda_available, lut, trie
+from .reference import bitgemm as bitgemm_ref
 from .reference import lut as lut_ref
 from .reference import trie as trie_ref
 
@@ -36,6 +37,30 @@ def _lut_check(device, w, x, dtype, precise, bound) -> tuple[bool, str]:
     err = _rel_err(y, lut_ref.lut_gemm(xd, w))
     ok = bool(err <= bound) and y.dtype == dtype and y.device.type == device
     return ok, f"rel err {err:.2e} (bound {bound:.0e})"
+
+
+def _bitgemm_cases():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 300, generator=gen)
+    w = torch.randn(70, 300, generator=gen)
+    for bits_a, bits_w, fmt_a, fmt_w in ((1, 1, "bipolar", "bipolar"), (8, 2, "signed", "signed"),
+                                         (4, 4, "unsigned", "bipolar"), (3, 5, "signed", "unsigned")):
+        yield f"bitgemm W{bits_w}A{bits_a} {fmt_w}/{fmt_a}", x, w, bits_a, bits_w, fmt_a, fmt_w
+
+
+def _bitgemm_check(device, x, w, bits_a, bits_w, fmt_a, fmt_w) -> tuple[bool, str]:
+    """quantize_pack (bit-exact), gemm (exact) and gemm_scaled (float64) against the reference."""
+    a, sa = bitgemm.quantize_pack(x.to(device), bits_a, fmt_a)
+    wp, sw = bitgemm.quantize_pack(w.to(device), bits_w, fmt_w)
+    qa, ref_sa = bitgemm_ref.quantize(x, bits_a, fmt_a, False)
+    qw, _ = bitgemm_ref.quantize(w, bits_w, fmt_w, False)
+    packed_ok = (bitgemm_ref.values(a.to("cpu")) == qa).all() and (sa.cpu().numpy() == ref_sa).all()
+    exact_ok = (bitgemm.gemm(a, wp).cpu().numpy() == bitgemm_ref.gemm(qa, qw)).all()
+    y = bitgemm.gemm_scaled(a, wp, sa, sw)
+    err = _rel_err(y, torch.from_numpy(bitgemm_ref.gemm_scaled(qa, qw, sa, sw)))
+    ok = bool(packed_ok and exact_ok and err <= 1e-6)
+    return ok, f"quantize_pack {'ok' if packed_ok else 'MISMATCH'}, gemm {'exact' if exact_ok else 'MISMATCH'}, " \
+               f"scaled rel err {err:.1e}"
 
 
 def _trie_cases():
@@ -76,6 +101,7 @@ def run_checks(devices=None) -> list[tuple[str, str, bool, str]]:
     if devices is None:
         devices = ["cpu"] + (["cuda"] if cuda_available() else [])
     cases = [(name, _lut_check, args) for name, *args in _lut_cases()]
+    cases += [(name, _bitgemm_check, args) for name, *args in _bitgemm_cases()]
     cases += [(name, _trie_check, args) for name, *args in _trie_cases()]
     rows = []
     for device in devices:

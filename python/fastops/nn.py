@@ -1,13 +1,16 @@
-"""Drop-in modules: fastops.nn.LutLinear replaces torch.nn.Linear with a packed low-bit weight."""
+"""Drop-in modules for torch.nn.Linear: LutLinear (packed low-bit weight, float activations) and BitLinear
+(low-bit weight and activations, exact integer GEMM)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
+from . import bitgemm
+from .bitgemm import BitPacked
 from .lut import SCHEMES, LutWeight, lut_gemm, quantize
 
-__all__ = ["LutLinear"]
+__all__ = ["LutLinear", "BitLinear"]
 
 
 class LutLinear(torch.nn.Module):
@@ -62,3 +65,73 @@ class LutLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, scheme={self.scheme!r}, bias={self.bias is not None}")
+
+
+class BitLinear(torch.nn.Module):
+    """y = x @ W^T + b computed as an exact low-bit integer GEMM (fastops.bitgemm).
+
+    The weight is quantized per output channel and packed once (`from_linear`); activations are quantized
+    per token (row) on every call by the fused `bitgemm.quantize_pack`, then multiplied by
+    `bitgemm.gemm_scaled`, which applies both scales and the bias and writes x's dtype. Inference only
+    (no gradients). `ternary=True` gives the BitNet b1.58 / MatMul-free LM layer: weights in {-1, 0, +1}
+    times one per-tensor absmean scale, stored as two signed planes, with 8-bit activations by default.
+    `w_bits=1, w_fmt="bipolar"` gives binary weights: sign(w) times each row's mean |w| (BitNet b1);
+    every other weight format uses quantize_pack's absmax rules.
+    """
+
+    def __init__(self, weight: BitPacked, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                 a_bits: int = 8, a_fmt: str = "signed", method: str = "auto"):
+        super().__init__()
+        if not isinstance(weight, BitPacked):
+            raise TypeError(f"BitLinear: weight must be a fastops.bitgemm.BitPacked, got {type(weight).__name__}")
+        if a_fmt not in bitgemm.FORMATS:
+            raise ValueError(f"BitLinear: a_fmt must be one of {bitgemm.FORMATS}, got {a_fmt!r}")
+        bitgemm.check_fits_int32("BitLinear", weight.k, a_bits, weight.bits)
+        self.register_buffer("w_planes", weight.planes)
+        self.register_buffer("w_offset", weight.offset)
+        self.register_buffer("w_rowsum", weight.rowsum)
+        self.register_buffer("w_scale", w_scale.to(torch.float32).reshape(-1).contiguous())
+        self.in_features, self.out_features = weight.k, weight.rows
+        self.w_bits, self.w_fmt, self.a_bits, self.a_fmt, self.method = weight.bits, weight.fmt, a_bits, a_fmt, method
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @property
+    def weight(self) -> BitPacked:
+        return BitPacked(self.w_planes, self.w_offset, self.w_rowsum, self.w_bits, self.w_fmt, self.in_features)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, w_bits: int = 4, a_bits: int = 8, w_fmt: str = "signed",
+                    a_fmt: str = "signed", *, ternary: bool = False, method: str = "auto") -> "BitLinear":
+        op = "BitLinear.from_linear"
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"{op}: linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach().to(torch.float32).contiguous()
+        if ternary:
+            # BitNet b1.58: one absmean scale per tensor, weights rounded to {-1, 0, +1}.
+            scale = w.abs().mean().clamp_min(1e-8)
+            q = torch.clamp(torch.round(w / scale), -1, 1).to(torch.int8)
+            packed, w_scale = bitgemm.pack(q, 2, "signed"), scale.reshape(1)
+        elif w_bits == 1 and w_fmt == "bipolar":
+            # Binary weights (BitNet b1): sign(w) times the row's mean |w|, the least-squares scale for a
+            # sign code. quantize_pack's absmax scale would leave a relative error near 1 here.
+            scale = w.abs().mean(dim=1).clamp_min(1e-8)
+            q = torch.where(w >= 0, 1, -1).to(torch.int8)
+            packed, w_scale = bitgemm.pack(q, 1, "bipolar"), scale
+        else:
+            packed, w_scale = bitgemm.quantize_pack(w, w_bits, w_fmt, "per_row")
+        return cls(packed, w_scale, linear.bias, a_bits=a_bits, a_fmt=a_fmt, method=method)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"BitLinear: x must have shape [..., {self.in_features}]; got {list(x.shape)}")
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[1] > 1 and x2.stride(1) != 1:
+            x2 = x2.contiguous()
+        a, a_scale = bitgemm.quantize_pack(x2, self.a_bits, self.a_fmt, "per_row")
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = bitgemm.gemm_scaled(a, self.weight, a_scale, self.w_scale, bias, out_dtype=x.dtype, method=self.method)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, w_bits={self.w_bits}, "
+                f"w_fmt={self.w_fmt!r}, a_bits={self.a_bits}, a_fmt={self.a_fmt!r}, bias={self.bias is not None}")
