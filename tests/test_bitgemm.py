@@ -114,9 +114,10 @@ def test_pack_rejects_bad_input(gen):
 @pytest.mark.parametrize("method", CPU_METHODS)
 @pytest.mark.parametrize("bits_a,bits_w", list(itertools.product(range(1, 9), repeat=2)))
 def test_gemm_exact_all_bits_and_formats_cpu(gen, cpu_isa, method, bits_a, bits_w):
-    for kind_a, kind_w in itertools.product(KINDS, repeat=2):
-        a, _, _ = _operand(gen, 7, 257, bits_a, kind_a)
-        w, _, _ = _operand(gen, 13, 257, bits_w, kind_w)
+    # m = 7 takes the decode blocking, m = 40 the big-GEMM one (the int8 panel kernel where there is one)
+    for (kind_a, kind_w), m in itertools.product(itertools.product(KINDS, repeat=2), (7, 40)):
+        a, _, _ = _operand(gen, m, 257, bits_a, kind_a)
+        w, _, _ = _operand(gen, 70, 257, bits_w, kind_w)
         _assert_exact(bitgemm.gemm(a, w, method=method), a, w)
 
 
@@ -232,8 +233,9 @@ def _scaled_case(gen, device, m, n, k, scale_kind, group_size):
 @pytest.mark.parametrize("scale_kind,group_size,k", [("tensor", None, 300), ("row", None, 257), ("row", 128, 300),
                                                      ("group", 128, 300), ("group", 256, 700), ("group", 384, 384)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gemm_scaled_matches_float64(gen, device, out_dtype, scale_kind, group_size, k, with_bias):
-    m, n = 9, 70
+@pytest.mark.parametrize("m", [9, 45])  # decode and big-GEMM blocking
+def test_gemm_scaled_matches_float64(gen, device, out_dtype, scale_kind, group_size, k, with_bias, m):
+    n = 70
     a, w, sa, sw = _scaled_case(gen, device, m, n, k, scale_kind, group_size)
     bias = (torch.randn(n, generator=gen) * 10).to(device=device, dtype=out_dtype) if with_bias else None
     methods = CPU_METHODS if device == "cpu" else ["auto"]

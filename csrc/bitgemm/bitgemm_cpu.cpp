@@ -200,7 +200,7 @@ void epilogue_row_scalar(const EpilogueRow& e) { detail::epilogue_row<store_row_
 
 const CpuKernels kScalarKernels = {
     "scalar",        1,           0,     false, kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_scalar, unpack_scalar, nullptr, dot_wide_scalar,
-    group_popcount_scalar, epilogue_row_scalar, minmax_scalar, quantize_row_scalar,
+    group_popcount_scalar, epilogue_row_scalar, minmax_scalar, quantize_row_scalar, 0, 0, nullptr,
 };
 
 const CpuKernels& active_kernels() {
@@ -317,6 +317,7 @@ constexpr int64_t kDecodeRows = 32;           // up to this many A rows: one A b
 constexpr int64_t kABlockBytes = 192 << 10;   // A block of a slice: most of L2
 constexpr int64_t kWBlockBytes = 16 << 10;    // W sub-block of a slice: half of L1
 constexpr int64_t kTaskRows = 128;            // A and W rows of a big-GEMM task
+constexpr int64_t kPanelTaskRows = 256;       // the same for panel_gemm: each unpacked row serves more
 
 class GemmRun {
  public:
@@ -332,6 +333,7 @@ class GemmRun {
       plan_ = plan_int8(p.a, p.w, kern_);
       esize_ = plan_.narrow ? 1 : 2;
       dot_ = plan_.narrow ? kern_.dot_narrow : kern_.dot_wide;
+      panel_ = plan_.narrow && kern_.panel_gemm && m_ > kDecodeRows;
     }
     setup_corrections();
     choose_blocking();
@@ -359,7 +361,7 @@ class GemmRun {
     std::vector<int64_t> row;
   };
   struct TaskScratch {
-    Scratch ctile, facc, sw, ablock, wblock, zero;
+    Scratch ctile, facc, sw, ablock, wblock, wrow, zero;  // wblock: W rows, or W's panel
     PlaneRows pa, pw;  // popcount
   };
 
@@ -407,6 +409,13 @@ class GemmRun {
   void choose_blocking() {
     const int64_t a8 = a_col_bytes_x8(), w8 = w_col_bytes_x8();
     mb_ = m_ <= kDecodeRows ? m_ : std::min(m_, kTaskRows);
+    if (panel_) {  // one panel of W columns per sub-block, as long as it fits kWBlockBytes
+      mb_ = std::min(m_, kPanelTaskRows);
+      ns_ = kern_.panel_cols;
+      ks_ = std::clamp(8 * kWBlockBytes / (ns_ * w8) / kSpanBits * kSpanBits, kSpanBits, std::max(kSpanBits, kend_));
+      nb_ = round_up(kPanelTaskRows, ns_);
+      return;
+    }
     ks_ = std::clamp(8 * kABlockBytes / (mb_ * a8) / kSpanBits * kSpanBits, kSpanBits, std::max(kSpanBits, kend_));
     // Whole register tiles of W rows (for popcount: of W plane-rows).
     const int64_t unit = popcount_ ? kern_.pop_rows_w / std::gcd(p_.w.bits, kern_.pop_rows_w)
@@ -430,6 +439,7 @@ class GemmRun {
     if (!popcount_) {
       s.ablock.resize(size_t(mb_ * ks_ * a8 / 8));
       s.wblock.resize(size_t(ns_ * ks_ * w8 / 8));
+      if (panel_) s.wrow.resize(size_t(ks_));
     }
     // popcount tiles offset every row pointer, the zero row's too, by up to all of K.
     s.zero.resize(size_t(popcount_ ? words_ * 4 : ks_ * esize_));
@@ -451,6 +461,20 @@ class GemmRun {
     }
   }
 
+  // Unpacks rows [r0, r1) of op over words [w0, w0 + nw) into the panel layout of panel_gemm (the
+  // four bytes of each k quad of a row side by side, rows next), one row at a time through row_tmp.
+  // Columns past r1 - r0 keep stale values: panel_gemm never stores them.
+  void unpack_panel(const Operand& op, const UnpackSpec& spec, int64_t r0, int64_t r1, int64_t w0, int64_t nw,
+                    uint8_t* row_tmp, uint8_t* panel) const {
+    const uint32_t* rows[kMaxBits];
+    const int64_t cols = kern_.panel_cols, kquads = nw * 32 / 4;
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int i = 0; i < op.bits; ++i) rows[i] = plane_row(op, i, r) + w0;
+      kern_.unpack(rows, spec, nw, row_tmp);
+      for (int64_t q = 0; q < kquads; ++q) std::memcpy(panel + (q * cols + (r - r0)) * 4, row_tmp + 4 * q, 4);
+    }
+  }
+
   void run_task(TaskScratch& s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) const {
     uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data);
     const uint32_t* zero = reinterpret_cast<const uint32_t*>(s.zero.data);
@@ -462,6 +486,8 @@ class GemmRun {
         const int64_t ns1 = std::min(n1, ns0 + ns_);
         if (popcount_)
           list_plane_rows(p_.w, ns0, ns1, kern_.pop_rows_w, zero, s.pw);
+        else if (panel_)
+          unpack_panel(p_.w, plan_.w_spec[0], ns0, ns1, s0 / 32, (s1 - s0) / 32, s.wrow.data, s.wblock.data);
         else
           unpack_rows(p_.w, plan_.w_spec, plan_.w_parts, ns0, ns1, s0 / 32, (s1 - s0) / 32, s.wblock.data);
         for (int64_t c0 = s0; c0 < s1;) {
@@ -470,6 +496,8 @@ class GemmRun {
             for (int64_t m = m0; m < m1; ++m) std::fill_n(ctile + (m - m0) * nb_ + (ns0 - n0), ns1 - ns0, 0u);
           if (popcount_)
             popcount_tiles(s, ns0, n0, c0, c1);
+          else if (panel_)
+            panel_tiles(s, m0, m1, ns0, ns1, n0, s0, c0, c1);
           else
             dot_tiles(s, m0, m1, ns0, ns1, n0, s0, c0, c1);
           if (c1 == gend) epilogue(s, g, m0, m1, ns0, ns1, n0);
@@ -565,6 +593,21 @@ class GemmRun {
       for (int64_t w0 = 0; w0 < ns1 - ns0; w0 += w_step) tile(a0, w0);
   }
 
+  // ctile[m][n] += sum U S over columns [c0, c1) of the unpacked A block and W's panel (slice start
+  // s0), panel_rows A rows at a time.
+  void panel_tiles(const TaskScratch& s, int64_t m0, int64_t m1, int64_t ns0, int64_t ns1, int64_t n0, int64_t s0,
+                   int64_t c0, int64_t c1) const {
+    const int pr = kern_.panel_rows;
+    const uint8_t* panel = s.wblock.data + (c0 - s0) / 4 * kern_.panel_cols * 4;
+    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data) + (ns0 - n0);
+    const uint8_t* a[detail::kMaxPanelRows];
+    for (int64_t a0 = 0; a0 < m1 - m0; a0 += pr) {
+      const int rows = int(std::min<int64_t>(pr, m1 - m0 - a0));
+      for (int i = 0; i < pr; ++i) a[i] = i < rows ? s.ablock.data + (a0 + i) * ks_ + (c0 - s0) : s.zero.data;
+      kern_.panel_gemm(a, panel, (c1 - c0) / 4, plan_.u_is_a, ctile + a0 * nb_, nb_, rows, int(ns1 - ns0));
+    }
+  }
+
   void epilogue(TaskScratch& s, int64_t g, int64_t m0, int64_t m1, int64_t ns0, int64_t ns1, int64_t n0) const {
     const int64_t k_g = std::min(p_.k, (g + 1) * glen_) - g * glen_;
     const int64_t cols = ns1 - ns0;
@@ -608,6 +651,7 @@ class GemmRun {
   detail::DotTileFn dot_ = nullptr;
   int64_t m_ = 0, n_ = 0, words_ = 0, kend_ = 0, ngroups_ = 1, glen_ = 0;
   int64_t mb_ = 0, nb_ = 0, ks_ = 0, ns_ = 0;
+  bool panel_ = false;  // narrow int8 plan through kern_.panel_gemm
   uint32_t gg_ = 1;
   std::vector<int32_t> oaz_, owz_, rs_a_, rs_w_, zeros_;
   const int32_t *rsa_ = nullptr, *rsw_ = nullptr;

@@ -4,8 +4,9 @@
 // popcount: per 64 bytes of a plane-row pair, vpandq + vpopcntq + vpaddq.
 // int8: rows unpack in natural element order with one masked byte (or word) add per plane, the bit
 // plane itself as the mask; narrow tiles are vpdpbusd (u8 x s8, exact int32 sums), wide ones vpdpwssd.
-// Tiles of 4 x 6 rows: 24 accumulators keep enough independent dot products in flight to cover
-// their latency, and each operand load feeds 4 or 6 of them.
+// Popcount tiles of 4 x 6 plane-rows: 24 accumulators keep enough independent operations in flight
+// to cover their latency, and each operand load feeds 4 or 6 of them. Dot tiles are 4 x 4 (4 x 6
+// spilled). Narrow int8 GEMMs with many A rows use panel_gemm instead (below): no horizontal sums.
 // Epilogue, min/max and quantization gain nothing from 512 bits: those are AVX2's.
 //
 // This file must not use inline functions shared with other translation units (dtype.h helpers,
@@ -163,13 +164,56 @@ void dot_wide_avx512(const void* const* u, const void* const* s, const int16_t*,
   dot_tile<true>(u, s, nchunks, out);
 }
 
+// panel_gemm: 6 A rows x 64 panel columns = 24 accumulators in registers for the whole run of k
+// (no horizontal sums, unlike dot tiles); per four k, 4 panel vectors and 6 broadcast A dwords feed
+// 24 vpdpbusd.
+constexpr int kPanelRows = 6, kPanelVecs = 4, kPanelCols = 16 * kPanelVecs;
+
+template <bool AIsU>
+void panel_gemm_tile(const uint8_t* const* a, const uint8_t* panel, int64_t kquads, uint32_t* c, int64_t ldc,
+                     int rows, int cols) {
+  __m512i acc[kPanelRows * kPanelVecs];
+  unroll<kPanelRows * kPanelVecs>([&](auto e) { acc[e] = _mm512_setzero_si512(); });
+  for (int64_t q = 0; q < kquads; ++q) {
+    __m512i pv[kPanelVecs];
+    unroll<kPanelVecs>([&](auto j) { pv[j] = _mm512_loadu_si512(panel + (q * kPanelCols + 16 * j) * 4); });
+    unroll<kPanelRows>([&](auto i) {
+      int32_t quad;
+      std::memcpy(&quad, a[i] + 4 * q, sizeof quad);
+      const __m512i av = _mm512_set1_epi32(quad);
+      unroll<kPanelVecs>([&](auto j) {
+        __m512i& x = acc[i * kPanelVecs + j];
+        x = AIsU ? _mm512_dpbusd_epi32(x, av, pv[j]) : _mm512_dpbusd_epi32(x, pv[j], av);
+      });
+    });
+  }
+  unroll<kPanelRows>([&](auto i) {
+    if (i >= rows) return;
+    unroll<kPanelVecs>([&](auto j) {
+      const int left = cols - 16 * j;
+      if (left <= 0) return;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      uint32_t* dst = c + i * ldc + 16 * j;
+      _mm512_mask_storeu_epi32(dst, m, _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, dst), acc[i * kPanelVecs + j]));
+    });
+  });
+}
+
+void panel_gemm_avx512(const uint8_t* const* a, const uint8_t* panel, int64_t kquads, bool a_is_u, uint32_t* c,
+                       int64_t ldc, int rows, int cols) {
+  if (a_is_u)
+    panel_gemm_tile<true>(a, panel, kquads, c, ldc, rows, cols);
+  else
+    panel_gemm_tile<false>(a, panel, kquads, c, ldc, rows, cols);
+}
+
 }  // namespace
 
 const CpuKernels& avx512_kernels() {
   static const CpuKernels kernels = [] {
     CpuKernels k = avx2_kernels();
     k.isa = "avx512";
-    k.popcount_max_planes = 4;
+    k.popcount_max_planes = 2;
     k.popcount_max_plane_rows = 64;
     k.narrow_exact = true;
     k.pop_rows_a = kPopRowsA;
@@ -180,6 +224,9 @@ const CpuKernels& avx512_kernels() {
     k.unpack = unpack_avx512;
     k.dot_narrow = dot_narrow_avx512;
     k.dot_wide = dot_wide_avx512;
+    k.panel_rows = kPanelRows;
+    k.panel_cols = kPanelCols;
+    k.panel_gemm = panel_gemm_avx512;
     return k;
   }();
   return kernels;

@@ -23,6 +23,7 @@ namespace detail {
 
 constexpr int kMaxPopRows = 8;  // bound on either side of any ISA's popcount tile
 constexpr int kMaxDotRows = 8;  // bound on either side of any ISA's dot tile
+constexpr int kMaxPanelRows = 8;  // bound on any ISA's panel_gemm rows
 constexpr int64_t kChunkBytes = 32;  // one AVX2 vector; dot tiles count their length in these
 constexpr int64_t kSpanBits = 128;   // k granularity of every kernel (group sizes are multiples)
 
@@ -50,6 +51,13 @@ using UnpackFn = void (*)(const uint32_t* const* plane_rows, const UnpackSpec& s
 // ignore coef and flush_every. nchunks is even (kSpanBits elements of at least a byte).
 using DotTileFn = void (*)(const void* const* u, const void* const* s, const int16_t* coef, int64_t nchunks,
                            int flush_every, uint32_t* out);
+// Register-blocked u8 x s8 GEMM on a W panel, for narrow int8 plans with many A rows (null where the
+// ISA has none): for i < rows, n < cols,
+//   c[i * ldc + n] += sum over q < kquads, b < 4 of a[i][4 q + b] * panel[(q * panel_cols + n) * 4 + b]
+// (wrapping uint32), A the u8 side when a_is_u, else the panel. All panel_rows A rows are read (point
+// the missing ones at zeros); only rows < rows and columns < cols are stored.
+using PanelGemmFn = void (*)(const uint8_t* const* a, const uint8_t* panel, int64_t kquads, bool a_is_u, uint32_t* c,
+                             int64_t ldc, int rows, int cols);
 // sums[g * sums_stride] += coeff * popcount(row words [g * group_words, min(.., nwords))) for g < ngroups.
 using GroupPopcountFn = void (*)(const uint32_t* row, int64_t nwords, int64_t group_words, int64_t ngroups,
                                  int32_t coeff, int32_t* sums, int64_t sums_stride);
@@ -124,8 +132,9 @@ struct CpuKernels {
   const char* isa;
   // The popcount method is the faster one when bits_a * bits_w <= popcount_max_planes, or when
   // m * bits_a * bits_w <= popcount_max_plane_rows: with few A rows the int8 tiles run mostly empty
-  // and unpacking W costs more than the products. Measured per ISA on a Zen 5 core pair (M = N = K =
-  // 4096 and M in 1..16 x N = 11008 x K = 4096, 2 threads).
+  // and unpacking W costs more than the products. Measured per ISA on AMD EPYC core pairs, 2 threads
+  // (M = N = K = 2048..4096 and M in 1..16 x N = 11008 x K = 4096): AVX2 on Zen 5, AVX-512 on Zen 4
+  // after panel_gemm (2026-12-06).
   int popcount_max_planes;
   int64_t popcount_max_plane_rows;
   // Narrow tiles accumulate u8 x s8 products exactly in int32 (vpdpbusd), so neither the int16 pair
@@ -140,6 +149,8 @@ struct CpuKernels {
   EpilogueRowFn epilogue_row;
   MinMaxFn minmax;
   QuantizeRowFn quantize_row;
+  int panel_rows, panel_cols;  // panel_gemm's tile (<= kMaxPanelRows; panel_cols a multiple of 16)
+  PanelGemmFn panel_gemm;
 };
 
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
