@@ -166,6 +166,20 @@ def test_gemm_large_multithreaded(gen, device):
         _assert_exact(bitgemm.gemm(a, w, method=method), a, w)
 
 
+@pytest.mark.parametrize("cpu_isa", CPU_ISAS[-1:], indirect=True)
+@pytest.mark.parametrize("m,n", [(40, 600), (1100, 40)])
+def test_gemm_int8_operands_in_chunks(gen, cpu_isa, m, n):
+    """At K = 16384 the int8 panel path (best ISA only: AVX-512) unpacks W in chunks of 256 rows and A in
+    chunks of 1024."""
+    k = 16384
+    a, _, _ = _operand(gen, m, k, 8, ("signed", False))
+    w, _, _ = _operand(gen, n, k, 7, ("unsigned", True))
+    c = bitgemm.gemm(a, w, method="int8")
+    # every partial sum is below 2^53 in magnitude, so float64 products and sums are exact
+    expect = ref.values(a).astype(np.float64) @ ref.values(w).astype(np.float64).T
+    assert c.dtype == torch.int32 and np.array_equal(c.numpy().astype(np.float64), expect)
+
+
 def test_gemm_size_zero(gen):
     a, _, _ = _operand(gen, 0, 64, 2, KINDS[2])
     w, _, _ = _operand(gen, 5, 64, 2, KINDS[2])

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -317,7 +318,11 @@ constexpr int64_t kDecodeRows = 32;           // up to this many A rows: one A b
 constexpr int64_t kABlockBytes = 192 << 10;   // A block of a slice: most of L2
 constexpr int64_t kWBlockBytes = 16 << 10;    // W sub-block of a slice: half of L1
 constexpr int64_t kTaskRows = 128;            // A and W rows of a big-GEMM task
-constexpr int64_t kPanelTaskRows = 256;       // the same for panel_gemm: each unpacked row serves more
+constexpr int64_t kPanelTaskRows = 256;       // the same for panel_gemm
+constexpr int64_t kPanelAChunkBytes = 16 << 20;  // panel path: unpacked A rows per chunk (usually all of A)
+constexpr int64_t kPanelWChunkBytes = 4 << 20;   // and W panels per chunk (one buffer, reused: L3-sized)
+constexpr int64_t kPanelPackBytes = 256;        // k per step of unpack_panel (a multiple of kSpanBits)
+constexpr int64_t kPanelPackRows = 16;          // rows per step of unpack_panel: 64 bytes of a k quad
 
 class GemmRun {
  public:
@@ -340,18 +345,10 @@ class GemmRun {
   }
 
   void run() {
-    const int64_t mblocks = (m_ + mb_ - 1) / mb_, nblocks = (n_ + nb_ - 1) / nb_;
-    const int64_t tasks = mblocks * nblocks;
-    // Contiguous runs of tasks per piece keep each thread's W stream sequential; four pieces per
-    // thread balance the load.
-    const int64_t pieces = 4 * int64_t(nthreads_);
-    parallel_for(tasks, (tasks + pieces - 1) / pieces, nthreads_, [&](int64_t b, int64_t e) {
-      TaskScratch s = make_scratch();
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t mi = t % mblocks, ni = t / mblocks;
-        run_task(s, mi * mb_, std::min(m_, (mi + 1) * mb_), ni * nb_, std::min(n_, (ni + 1) * nb_));
-      }
-    });
+    if (panel_)
+      run_panel();
+    else
+      run_tasks(0, m_, 0, n_);
   }
 
  private:
@@ -361,7 +358,7 @@ class GemmRun {
     std::vector<int64_t> row;
   };
   struct TaskScratch {
-    Scratch ctile, facc, sw, ablock, wblock, wrow, zero;  // wblock: W rows, or W's panel
+    Scratch ctile, facc, sw, ablock, wblock, zero;
     PlaneRows pa, pw;  // popcount
   };
 
@@ -428,6 +425,54 @@ class GemmRun {
     }
   }
 
+  // Output rows [ma, mz) x columns [na, nz) in tasks of mb_ x nb_.
+  void run_tasks(int64_t ma, int64_t mz, int64_t na, int64_t nz) const {
+    const int64_t mblocks = (mz - ma + mb_ - 1) / mb_, nblocks = (nz - na + nb_ - 1) / nb_;
+    const int64_t tasks = mblocks * nblocks;
+    // Contiguous runs of tasks per piece keep each thread's W stream sequential; four pieces per
+    // thread balance the load.
+    const int64_t pieces = 4 * int64_t(nthreads_);
+    parallel_for(tasks, (tasks + pieces - 1) / pieces, nthreads_, [&](int64_t b, int64_t e) {
+      TaskScratch s = make_scratch();
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t m0 = ma + t % mblocks * mb_, n0 = na + t / mblocks * nb_;
+        run_task(s, m0, std::min(mz, m0 + mb_), n0, std::min(nz, n0 + nb_));
+      }
+    });
+  }
+
+  // The panel path unpacks each operand once per call, not once per task: A as rows of kend_ bytes,
+  // W as panels of panel_cols rows (unpack_panel), in chunks of at most kPanelAChunkBytes and
+  // kPanelWChunkBytes, then runs the tasks of each pair of chunks on them.
+  void run_panel() {
+    const int64_t cols = kern_.panel_cols;
+    auto chunk = [&](int64_t bytes) { return std::max(kPanelTaskRows, bytes / kend_ / kPanelTaskRows * kPanelTaskRows); };
+    const int64_t a_chunk = chunk(kPanelAChunkBytes), w_chunk = chunk(kPanelWChunkBytes);
+    const int64_t a_rows = std::min(m_, a_chunk), w_rows = round_up(std::min(n_, w_chunk), cols);
+    // Not zeroed: unpack_rows and unpack_panel write every byte the kernels read.
+    std::unique_ptr<uint8_t[]> a_buf(new uint8_t[size_t(a_rows * kend_)]);
+    std::unique_ptr<uint8_t[]> w_buf(new uint8_t[size_t(w_rows * kend_)]);
+    const int64_t nwords = kend_ / 32;
+    for (int64_t nc = 0; nc < n_; nc += w_chunk) {
+      const int64_t nz = std::min(n_, nc + w_chunk);
+      parallel_for((nz - nc + cols - 1) / cols, 1, nthreads_, [&](int64_t b, int64_t e) {
+        std::vector<uint8_t> row_tmp(static_cast<size_t>(kPanelPackRows * kPanelPackBytes));
+        for (int64_t q = b; q < e; ++q)
+          unpack_panel(p_.w, plan_.w_spec[0], nc + q * cols, std::min(nz, nc + (q + 1) * cols), nwords, row_tmp.data(),
+                       w_buf.get() + q * cols * kend_);
+      });
+      for (int64_t mc = 0; mc < m_; mc += a_chunk) {
+        const int64_t mz = std::min(m_, mc + a_chunk);
+        if (nc == 0 || m_ > a_chunk)
+          parallel_for(mz - mc, std::max<int64_t>(1, 16384 / kend_), nthreads_, [&](int64_t b, int64_t e) {
+            unpack_rows(p_.a, plan_.a_spec, 1, mc + b, mc + e, 0, nwords, a_buf.get() + b * kend_);
+          });
+        a_pre_ = a_buf.get(), a_pre_row0_ = mc, w_pre_ = w_buf.get(), w_pre_row0_ = nc;
+        run_tasks(mc, mz, nc, nz);
+      }
+    }
+  }
+
   TaskScratch make_scratch() const {
     TaskScratch s;
     s.ctile.resize(size_t(mb_ * nb_) * sizeof(uint32_t));
@@ -436,10 +481,9 @@ class GemmRun {
       s.sw.resize(size_t(ns_) * sizeof(float));
     }
     const int64_t a8 = a_col_bytes_x8(), w8 = w_col_bytes_x8();
-    if (!popcount_) {
+    if (!popcount_ && !panel_) {
       s.ablock.resize(size_t(mb_ * ks_ * a8 / 8));
       s.wblock.resize(size_t(ns_ * ks_ * w8 / 8));
-      if (panel_) s.wrow.resize(size_t(ks_));
     }
     // popcount tiles offset every row pointer, the zero row's too, by up to all of K.
     s.zero.resize(size_t(popcount_ ? words_ * 4 : ks_ * esize_));
@@ -454,24 +498,40 @@ class GemmRun {
   void unpack_rows(const Operand& op, const UnpackSpec* spec, int parts, int64_t r0, int64_t r1, int64_t w0,
                    int64_t nw, uint8_t* block) const {
     const uint32_t* rows[kMaxBits];
-    const int64_t part_bytes = ks_ * esize_;
+    const int64_t part_bytes = (panel_ ? kend_ : ks_) * esize_;
     for (int64_t r = r0; r < r1; ++r) {
       for (int i = 0; i < op.bits; ++i) rows[i] = plane_row(op, i, r) + w0;
       for (int q = 0; q < parts; ++q) kern_.unpack(rows, spec[q], nw, block + ((r - r0) * parts + q) * part_bytes);
     }
   }
 
-  // Unpacks rows [r0, r1) of op over words [w0, w0 + nw) into the panel layout of panel_gemm (the
-  // four bytes of each k quad of a row side by side, rows next), one row at a time through row_tmp.
-  // Columns past r1 - r0 keep stale values: panel_gemm never stores them.
-  void unpack_panel(const Operand& op, const UnpackSpec& spec, int64_t r0, int64_t r1, int64_t w0, int64_t nw,
-                    uint8_t* row_tmp, uint8_t* panel) const {
+  // Unpacks rows [r0, r1) (at most panel_cols) of op over words [0, nw) into the panel layout of
+  // panel_gemm (the four bytes of each k quad of a row side by side, rows next; missing rows zero).
+  // kPanelPackRows rows by kPanelPackBytes k at a time go through row_tmp, so the scattered four-byte
+  // writes fill whole 64-byte lines in cache.
+  void unpack_panel(const Operand& op, const UnpackSpec& spec, int64_t r0, int64_t r1, int64_t nw, uint8_t* row_tmp,
+                    uint8_t* panel) const {
+    constexpr int64_t kRows = kPanelPackRows;
     const uint32_t* rows[kMaxBits];
-    const int64_t cols = kern_.panel_cols, kquads = nw * 32 / 4;
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int i = 0; i < op.bits; ++i) rows[i] = plane_row(op, i, r) + w0;
-      kern_.unpack(rows, spec, nw, row_tmp);
-      for (int64_t q = 0; q < kquads; ++q) std::memcpy(panel + (q * cols + (r - r0)) * 4, row_tmp + 4 * q, 4);
+    const int64_t cols = kern_.panel_cols;
+    for (int64_t g0 = r0; g0 < r0 + cols; g0 += kRows) {
+      const int64_t live = std::clamp<int64_t>(r1 - g0, 0, kRows);
+      for (int64_t w0 = 0; w0 < nw; w0 += kPanelPackBytes / 32) {
+        const int64_t words = std::min(kPanelPackBytes / 32, nw - w0);
+        for (int64_t j = 0; j < kRows; ++j) {
+          uint8_t* dst = row_tmp + j * kPanelPackBytes;
+          if (j >= live) {
+            std::memset(dst, 0, size_t(words * 32));
+            continue;
+          }
+          for (int i = 0; i < op.bits; ++i) rows[i] = plane_row(op, i, g0 + j) + w0;
+          kern_.unpack(rows, spec, words, dst);
+        }
+        for (int64_t q = 0; q < words * 8; ++q) {
+          uint8_t* line = panel + ((w0 * 8 + q) * cols + (g0 - r0)) * 4;
+          for (int64_t j = 0; j < kRows; ++j) std::memcpy(line + j * 4, row_tmp + j * kPanelPackBytes + 4 * q, 4);
+        }
+      }
     }
   }
 
@@ -481,14 +541,13 @@ class GemmRun {
     if (popcount_) list_plane_rows(p_.a, m0, m1, kern_.pop_rows_a, zero, s.pa);
     for (int64_t s0 = 0; s0 < kend_; s0 += ks_) {
       const int64_t s1 = std::min(kend_, s0 + ks_);
-      if (!popcount_) unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, s.ablock.data);
+      if (!popcount_ && !panel_)
+        unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, s.ablock.data);
       for (int64_t ns0 = n0; ns0 < n1; ns0 += ns_) {
         const int64_t ns1 = std::min(n1, ns0 + ns_);
         if (popcount_)
           list_plane_rows(p_.w, ns0, ns1, kern_.pop_rows_w, zero, s.pw);
-        else if (panel_)
-          unpack_panel(p_.w, plan_.w_spec[0], ns0, ns1, s0 / 32, (s1 - s0) / 32, s.wrow.data, s.wblock.data);
-        else
+        else if (!panel_)
           unpack_rows(p_.w, plan_.w_spec, plan_.w_parts, ns0, ns1, s0 / 32, (s1 - s0) / 32, s.wblock.data);
         for (int64_t c0 = s0; c0 < s1;) {
           const int64_t g = c0 / glen_, gend = std::min(kend_, (g + 1) * glen_), c1 = std::min(s1, gend);
@@ -497,7 +556,7 @@ class GemmRun {
           if (popcount_)
             popcount_tiles(s, ns0, n0, c0, c1);
           else if (panel_)
-            panel_tiles(s, m0, m1, ns0, ns1, n0, s0, c0, c1);
+            panel_tiles(s, m0, m1, ns0, ns1, n0, c0, c1);
           else
             dot_tiles(s, m0, m1, ns0, ns1, n0, s0, c0, c1);
           if (c1 == gend) epilogue(s, g, m0, m1, ns0, ns1, n0);
@@ -593,17 +652,19 @@ class GemmRun {
       for (int64_t w0 = 0; w0 < ns1 - ns0; w0 += w_step) tile(a0, w0);
   }
 
-  // ctile[m][n] += sum U S over columns [c0, c1) of the unpacked A block and W's panel (slice start
-  // s0), panel_rows A rows at a time.
-  void panel_tiles(const TaskScratch& s, int64_t m0, int64_t m1, int64_t ns0, int64_t ns1, int64_t n0, int64_t s0,
-                   int64_t c0, int64_t c1) const {
+  // ctile[m][n] += sum U S over columns [c0, c1) of the unpacked A rows and W's panel holding W rows
+  // [ns0, ns1), panel_rows A rows at a time.
+  void panel_tiles(const TaskScratch& s, int64_t m0, int64_t m1, int64_t ns0, int64_t ns1, int64_t n0, int64_t c0,
+                   int64_t c1) const {
     const int pr = kern_.panel_rows;
-    const uint8_t* panel = s.wblock.data + (c0 - s0) / 4 * kern_.panel_cols * 4;
+    const int64_t cols = kern_.panel_cols;
+    const uint8_t* panel = w_pre_ + (ns0 - w_pre_row0_) * kend_ + c0 / 4 * cols * 4;
     uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data) + (ns0 - n0);
     const uint8_t* a[detail::kMaxPanelRows];
     for (int64_t a0 = 0; a0 < m1 - m0; a0 += pr) {
       const int rows = int(std::min<int64_t>(pr, m1 - m0 - a0));
-      for (int i = 0; i < pr; ++i) a[i] = i < rows ? s.ablock.data + (a0 + i) * ks_ + (c0 - s0) : s.zero.data;
+      for (int i = 0; i < pr; ++i)
+        a[i] = i < rows ? a_pre_ + (m0 + a0 + i - a_pre_row0_) * kend_ + c0 : s.zero.data;
       kern_.panel_gemm(a, panel, (c1 - c0) / 4, plan_.u_is_a, ctile + a0 * nb_, nb_, rows, int(ns1 - ns0));
     }
   }
@@ -652,6 +713,10 @@ class GemmRun {
   int64_t m_ = 0, n_ = 0, words_ = 0, kend_ = 0, ngroups_ = 1, glen_ = 0;
   int64_t mb_ = 0, nb_ = 0, ks_ = 0, ns_ = 0;
   bool panel_ = false;  // narrow int8 plan through kern_.panel_gemm
+  // The panel path's unpacked chunks (run_panel): A rows from a_pre_row0_, W panels from w_pre_row0_.
+  const uint8_t* a_pre_ = nullptr;
+  const uint8_t* w_pre_ = nullptr;
+  int64_t a_pre_row0_ = 0, w_pre_row0_ = 0;
   uint32_t gg_ = 1;
   std::vector<int32_t> oaz_, owz_, rs_a_, rs_w_, zeros_;
   const int32_t *rsa_ = nullptr, *rsw_ = nullptr;
