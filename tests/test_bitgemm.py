@@ -114,8 +114,8 @@ def test_pack_rejects_bad_input(gen):
 @pytest.mark.parametrize("method", CPU_METHODS)
 @pytest.mark.parametrize("bits_a,bits_w", list(itertools.product(range(1, 9), repeat=2)))
 def test_gemm_exact_all_bits_and_formats_cpu(gen, cpu_isa, method, bits_a, bits_w):
-    # m = 7 takes the decode blocking, m = 40 the big-GEMM one (the int8 panel kernel where there is one)
-    for (kind_a, kind_w), m in itertools.product(itertools.product(KINDS, repeat=2), (7, 40)):
+    # m = 7 takes the decode blocking, m = 40 the big-GEMM one, m = 100 the int8 panel kernel where there is one
+    for (kind_a, kind_w), m in itertools.product(itertools.product(KINDS, repeat=2), (7, 40, 100)):
         a, _, _ = _operand(gen, m, 257, bits_a, kind_a)
         w, _, _ = _operand(gen, 70, 257, bits_w, kind_w)
         _assert_exact(bitgemm.gemm(a, w, method=method), a, w)
@@ -167,7 +167,7 @@ def test_gemm_large_multithreaded(gen, device):
 
 
 @pytest.mark.parametrize("cpu_isa", CPU_ISAS[-1:], indirect=True)
-@pytest.mark.parametrize("m,n", [(40, 600), (1100, 40)])
+@pytest.mark.parametrize("m,n", [(100, 600), (1100, 40)])
 def test_gemm_int8_operands_in_chunks(gen, cpu_isa, m, n):
     """At K = 16384 the int8 panel path (best ISA only: AVX-512) unpacks W in chunks of 256 rows and A in
     chunks of 1024."""
@@ -247,7 +247,7 @@ def _scaled_case(gen, device, m, n, k, scale_kind, group_size):
 @pytest.mark.parametrize("scale_kind,group_size,k", [("tensor", None, 300), ("row", None, 257), ("row", 128, 300),
                                                      ("group", 128, 300), ("group", 256, 700), ("group", 384, 384)])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("m", [9, 45])  # decode and big-GEMM blocking
+@pytest.mark.parametrize("m", [9, 45, 100])  # decode, big-GEMM blocking, int8 panel kernel
 def test_gemm_scaled_matches_float64(gen, device, out_dtype, scale_kind, group_size, k, with_bias, m):
     n = 70
     a, w, sa, sw = _scaled_case(gen, device, m, n, k, scale_kind, group_size)

@@ -318,6 +318,7 @@ constexpr int64_t kDecodeRows = 32;           // up to this many A rows: one A b
 constexpr int64_t kABlockBytes = 192 << 10;   // A block of a slice: most of L2
 constexpr int64_t kWBlockBytes = 16 << 10;    // W sub-block of a slice: half of L1
 constexpr int64_t kTaskRows = 128;            // A and W rows of a big-GEMM task
+constexpr int64_t kPanelMinRows = 96;         // fewer A rows: dot tiles are faster (no W panel to pack)
 constexpr int64_t kPanelTaskRows = 256;       // the same for panel_gemm
 constexpr int64_t kPanelAChunkBytes = 16 << 20;  // panel path: unpacked A rows per chunk (usually all of A)
 constexpr int64_t kPanelWChunkBytes = 4 << 20;   // and W panels per chunk (one buffer, reused: L3-sized)
@@ -338,7 +339,7 @@ class GemmRun {
       plan_ = plan_int8(p.a, p.w, kern_);
       esize_ = plan_.narrow ? 1 : 2;
       dot_ = plan_.narrow ? kern_.dot_narrow : kern_.dot_wide;
-      panel_ = plan_.narrow && kern_.panel_gemm && m_ > kDecodeRows;
+      panel_ = plan_.narrow && kern_.panel_gemm && m_ >= kPanelMinRows;
     }
     setup_corrections();
     choose_blocking();
