@@ -9,11 +9,8 @@
 #include <string>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "common/errors.h"
+#include "common/huge_pages.h"
 #include "common/parallel.h"
 #include "trie/trie.h"
 
@@ -34,18 +31,6 @@ struct KeyLayout {
   int words = 0;
   int stride() const { return words + 1; }  // a record = key words + the original row
 };
-
-// Asks for transparent huge pages on a fresh buffer before its first write, so the parallel passes that
-// fill it take ~512x fewer page faults (THP "madvise" mode; only whole 2 MiB pages inside the buffer).
-void advise_huge_pages(void* data, size_t bytes) {
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t begin = (uintptr_t(data) + kHuge - 1) & ~(kHuge - 1), end = (uintptr_t(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data, (void)bytes;
-#endif
-}
 
 int bit_width(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
 
