@@ -48,30 +48,6 @@ using detail::UnpackSpec;
 // ---------------------------------------------------------------------------------------------
 // Portable scalar kernels (bitgemm_cpu_kernels.h has their contracts).
 
-template <DType D>
-float load_elem(const void* base, int64_t i) {
-  if constexpr (D == DType::f32) return static_cast<const float*>(base)[i];
-  if constexpr (D == DType::f16) return half_to_float(static_cast<const uint16_t*>(base)[i]);
-  if constexpr (D == DType::bf16) return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-}
-
-template <DType D>
-void store_elem(void* base, int64_t i, float v) {
-  if constexpr (D == DType::f32) static_cast<float*>(base)[i] = v;
-  if constexpr (D == DType::f16) static_cast<uint16_t*>(base)[i] = float_to_half(v);
-  if constexpr (D == DType::bf16) static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
-}
-
-// Calls f with the runtime dtype as a compile-time constant (std::integral_constant).
-template <class F>
-auto with_dtype(DType d, F&& f) {
-  switch (d) {
-    case DType::f16: return f(std::integral_constant<DType, DType::f16>{});
-    case DType::bf16: return f(std::integral_constant<DType, DType::bf16>{});
-    default: return f(std::integral_constant<DType, DType::f32>{});
-  }
-}
-
 uint64_t load_u64(const uint32_t* p) {
   uint64_t v;
   std::memcpy(&v, p, sizeof v);

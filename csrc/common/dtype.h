@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace fastops {
 
@@ -57,6 +58,33 @@ inline uint16_t float_to_bf16(float f) {
   if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);  // quiet nan
   x += 0x7fffu + ((x >> 16) & 1u);
   return uint16_t(x >> 16);
+}
+
+// Host element access by compile-time dtype, and the switch that turns a runtime dtype into one. For
+// the portable (no ISA flags) translation units only: an ISA-flagged copy of these inline templates
+// could be the one the linker keeps.
+template <DType D>
+float load_elem(const void* base, int64_t i) {
+  if constexpr (D == DType::f32) return static_cast<const float*>(base)[i];
+  if constexpr (D == DType::f16) return half_to_float(static_cast<const uint16_t*>(base)[i]);
+  if constexpr (D == DType::bf16) return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+}
+
+template <DType D>
+void store_elem(void* base, int64_t i, float v) {
+  if constexpr (D == DType::f32) static_cast<float*>(base)[i] = v;
+  if constexpr (D == DType::f16) static_cast<uint16_t*>(base)[i] = float_to_half(v);
+  if constexpr (D == DType::bf16) static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
+}
+
+// Calls f with d as a compile-time constant (std::integral_constant) and returns what it returns.
+template <class F>
+auto with_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::f16: return f(std::integral_constant<DType, DType::f16>{});
+    case DType::bf16: return f(std::integral_constant<DType, DType::bf16>{});
+    default: return f(std::integral_constant<DType, DType::f32>{});
+  }
 }
 
 }  // namespace fastops

@@ -27,20 +27,6 @@ using detail::kTableBytes;
 using detail::kTableEntries;
 using detail::kTableSlots;
 
-template <DType D>
-float load_elem(const void* base, int64_t i) {
-  if constexpr (D == DType::f32) return static_cast<const float*>(base)[i];
-  if constexpr (D == DType::f16) return half_to_float(static_cast<const uint16_t*>(base)[i]);
-  if constexpr (D == DType::bf16) return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-}
-
-template <DType D>
-void store_elem(void* base, int64_t i, float v) {
-  if constexpr (D == DType::f32) static_cast<float*>(base)[i] = v;
-  if constexpr (D == DType::f16) static_cast<uint16_t*>(base)[i] = float_to_half(v);
-  if constexpr (D == DType::bf16) static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
-}
-
 // x[n, 32 kb .. 32 kb + 31] as fp32, zero past K.
 template <DType D>
 void gather_block(const GemmProblem& p, int64_t n, int64_t kb, float* xs) {
@@ -235,15 +221,8 @@ void tile_portable(const GemmProblem& p, const View& view, const float* unit, co
   }
 }
 
-// Call f with the runtime dtype / scheme as a compile-time constant (std::integral_constant).
-template <class F>
-void with_dtype(DType d, F&& f) {
-  switch (d) {
-    case DType::f32: f(std::integral_constant<DType, DType::f32>{}); break;
-    case DType::f16: f(std::integral_constant<DType, DType::f16>{}); break;
-    case DType::bf16: f(std::integral_constant<DType, DType::bf16>{}); break;
-  }
-}
+// Call f with the runtime scheme as a compile-time constant (std::integral_constant; dtypes:
+// with_dtype in common/dtype.h).
 template <class F>
 void with_scheme(Scheme s, F&& f) {
   if (s == Scheme::bcq)

@@ -83,6 +83,14 @@ def _check_fmt(op: str, name: str, fmt) -> str:
     return fmt
 
 
+def _check_matrix_bits_fmt(op: str, name: str, t, dtypes, bits, fmt) -> tuple[int, str]:
+    """A 2-D [rows, K] tensor of one of dtypes, and valid bits / fmt for it."""
+    check_dtype(op, name, t, dtypes)
+    if t.dim() != 2:
+        raise ValueError(f"{op}: {name} must be 2-D [rows, K]; got shape {list(t.shape)}")
+    return _check_bits(op, "bits", bits), _check_fmt(op, "fmt", fmt)
+
+
 def check_fits_int32(op: str, k: int, bits_a: int, bits_w: int) -> None:
     bound = k * ((1 << bits_a) - 1) * ((1 << bits_w) - 1)
     if bound > INT32_MAX:
@@ -214,11 +222,7 @@ def pack(x_int: torch.Tensor, bits: int, fmt: str = "signed", zero_point=None) -
     multiplies x_int - zero_point. Runs on x_int's device; `unpack()` returns x_int exactly.
     """
     op = "bitgemm.pack"
-    check_dtype(op, "x_int", x_int, _INT_DTYPES)
-    if x_int.dim() != 2:
-        raise ValueError(f"{op}: x_int must be 2-D [rows, K]; got shape {list(x_int.shape)}")
-    bits = _check_bits(op, "bits", bits)
-    fmt = _check_fmt(op, "fmt", fmt)
+    bits, fmt = _check_matrix_bits_fmt(op, "x_int", x_int, _INT_DTYPES, bits, fmt)
     rows, k = x_int.shape
     lo, hi = value_range(bits, fmt)
     x = x_int.to(torch.int64)
@@ -307,11 +311,7 @@ def quantize_pack(x: torch.Tensor, bits: int, fmt: str = "signed", group: str = 
     Rounding is half to even, identical on CPU and CUDA.
     """
     op = "bitgemm.quantize_pack"
-    check_dtype(op, "x", x, FLOAT_DTYPES)
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must be 2-D [rows, K]; got shape {list(x.shape)}")
-    bits = _check_bits(op, "bits", bits)
-    fmt = _check_fmt(op, "fmt", fmt)
+    bits, fmt = _check_matrix_bits_fmt(op, "x", x, FLOAT_DTYPES, bits, fmt)
     if group not in ("per_row", "per_tensor"):
         raise ValueError(f"{op}: group must be 'per_row' or 'per_tensor', got {group!r}")
     check_device_usable(op, x)
