@@ -458,7 +458,7 @@ class GemmRun {
     s.ctile.resize(size_t(mb_ * nb_) * sizeof(uint32_t));
     if (p_.scaled) {
       s.facc.resize(size_t(mb_ * nb_) * sizeof(float));
-      s.sw.resize(size_t(ns_) * sizeof(float));
+      s.sw.resize(size_t(nb_) * sizeof(float));
     }
     const int64_t a8 = a_col_bytes_x8(), w8 = w_col_bytes_x8();
     if (!popcount_ && !panel_) {
@@ -539,10 +539,13 @@ class GemmRun {
             panel_tiles(s, m0, m1, ns0, ns1, n0, c0, c1);
           else
             dot_tiles(s, m0, m1, ns0, ns1, n0, s0, c0, c1);
-          if (c1 == gend) epilogue(s, g, m0, m1, ns0, ns1, n0);
+          if (c1 == gend && c1 < s1) epilogue(s, g, m0, m1, ns0, ns1, n0);  // a group ends inside the slice
           c0 = c1;
         }
       }
+      // A group ending with the slice: one epilogue over all the task's columns (long rows vectorize).
+      const int64_t g = (s1 - 1) / glen_;
+      if (s1 == std::min(kend_, (g + 1) * glen_)) epilogue(s, g, m0, m1, n0, n1, n0);
     }
   }
 
@@ -575,6 +578,7 @@ class GemmRun {
     const uint32_t* pw[kMaxPopRows];
     uint32_t counts[kMaxPopRows * kMaxPopRows];
     uint32_t* dst[kMaxPopRows];
+    const bool dense_w = p_.w.bits == 1;
     for (size_t ea = 0; ea < s.pa.ptr.size(); ea += size_t(ta)) {
       for (int i = 0; i < ta; ++i) {
         pa[i] = s.pa.ptr[ea + size_t(i)] + word0;
@@ -586,6 +590,14 @@ class GemmRun {
         kern_.popcount_tile(pa, pw, nbytes, counts);
         const uint32_t* cw = s.pw.coeff.data() + ew;
         const int64_t* col = s.pw.row.data() + ew;
+        if (dense_w) {  // one plane: the tile's W rows are consecutive columns (padding rows count 0)
+          for (int i = 0; i < ta; ++i) {
+            const uint32_t c = ca[i] * cw[0];
+            uint32_t* d = dst[i] + col[0];
+            for (int j = 0; j < tw; ++j) d[j] += c * counts[i * tw + j];
+          }
+          continue;
+        }
         for (int i = 0; i < ta; ++i)
           for (int j = 0; j < tw; ++j) dst[i][col[j]] += ca[i] * cw[j] * counts[i * tw + j];
       }
