@@ -87,9 +87,7 @@ void popcount_tile_avx512(const uint32_t* const* a, const uint32_t* const* w, in
   __m512i acc[kPopRowsA * kPopRowsW];
   unroll<kPopRowsA * kPopRowsW>([&](auto e) { acc[e] = _mm512_setzero_si512(); });
   const int64_t qwords = nbytes / 8;
-  for (int64_t q = 0; q < qwords; q += 8) {
-    // nbytes is a multiple of 16: the last vector may hold 2, 4 or 6 qwords.
-    const __mmask8 m = qwords - q >= 8 ? __mmask8(0xff) : __mmask8((1u << (qwords - q)) - 1);
+  auto step = [&](int64_t q, __mmask8 m) __attribute__((always_inline)) {
     __m512i av[kPopRowsA];
     unroll<kPopRowsA>([&](auto i) { av[i] = _mm512_maskz_loadu_epi64(m, a[i] + 2 * q); });
     unroll<kPopRowsW>([&](auto j) {
@@ -99,7 +97,11 @@ void popcount_tile_avx512(const uint32_t* const* a, const uint32_t* const* w, in
         x = _mm512_add_epi32(x, _mm512_popcnt_epi32(_mm512_and_si512(av[i], wv)));
       });
     });
-  }
+  };
+  int64_t q = 0;
+  for (; q + 8 <= qwords; q += 8) step(q, __mmask8(0xff));
+  // nbytes is a multiple of 16: the last vector may hold 2, 4 or 6 qwords.
+  if (q < qwords) step(q, __mmask8((1u << (qwords - q)) - 1));
   store_sums<kPopRowsA * kPopRowsW>(acc, out);
 }
 
