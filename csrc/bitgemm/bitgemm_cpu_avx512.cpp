@@ -216,7 +216,7 @@ const CpuKernels& avx512_kernels() {
     CpuKernels k = avx2_kernels();
     k.isa = "avx512";
     k.popcount_max_planes = 2;
-    k.popcount_max_plane_rows = 64;
+    k.popcount_max_plane_rows = 48;
     k.narrow_exact = true;
     k.pop_rows_a = kPopRowsA;
     k.pop_rows_w = kPopRowsW;
