@@ -114,8 +114,9 @@ def test_pack_rejects_bad_input(gen):
 @pytest.mark.parametrize("method", CPU_METHODS)
 @pytest.mark.parametrize("bits_a,bits_w", list(itertools.product(range(1, 9), repeat=2)))
 def test_gemm_exact_all_bits_and_formats_cpu(gen, cpu_isa, method, bits_a, bits_w):
-    # m = 7 takes the decode blocking, m = 40 the big-GEMM one, m = 100 the int8 panel kernel where there is one
-    for (kind_a, kind_w), m in itertools.product(itertools.product(KINDS, repeat=2), (7, 40, 100)):
+    # m = 1 and 7 take the decode blocking (m = 1: short popcount tiles where there are some), m = 40 the
+    # big-GEMM one, m = 100 the int8 panel kernel where there is one
+    for (kind_a, kind_w), m in itertools.product(itertools.product(KINDS, repeat=2), (1, 7, 40, 100)):
         a, _, _ = _operand(gen, m, 257, bits_a, kind_a)
         w, _, _ = _operand(gen, 70, 257, bits_w, kind_w)
         _assert_exact(bitgemm.gemm(a, w, method=method), a, w)

@@ -178,7 +178,7 @@ void epilogue_row_scalar(const EpilogueRow& e) { detail::epilogue_row<store_row_
 
 const CpuKernels kScalarKernels = {
     "scalar",        1,           0,     false, kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_scalar, unpack_scalar, nullptr, dot_wide_scalar,
-    group_popcount_scalar, epilogue_row_scalar, minmax_scalar, quantize_row_scalar, 0, 0, nullptr,
+    group_popcount_scalar, epilogue_row_scalar, minmax_scalar, quantize_row_scalar, 0, 0, nullptr, {},
 };
 
 const CpuKernels& active_kernels() {
@@ -334,6 +334,7 @@ class GemmRun {
     std::vector<const uint32_t*> ptr;
     std::vector<uint32_t> coeff;
     std::vector<int64_t> row;
+    int tile = 0;  // entries per register tile
   };
   struct TaskScratch {
     Scratch ctile, facc, sw, ablock, wblock, zero;
@@ -518,7 +519,7 @@ class GemmRun {
   void run_task(TaskScratch& s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) const {
     uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data);
     const uint32_t* zero = reinterpret_cast<const uint32_t*>(s.zero.data);
-    if (popcount_) list_plane_rows(p_.a, m0, m1, kern_.pop_rows_a, zero, s.pa);
+    if (popcount_) list_plane_rows(p_.a, m0, m1, pop_tile_a(m1 - m0), zero, s.pa);
     for (int64_t s0 = 0; s0 < kend_; s0 += ks_) {
       const int64_t s1 = std::min(kend_, s0 + ks_);
       if (!popcount_ && !panel_)
@@ -549,11 +550,19 @@ class GemmRun {
     }
   }
 
+  // A plane-rows per popcount tile for a task of `rows` A rows: fewer than a full tile when the ISA
+  // has a short tile for all of them.
+  int pop_tile_a(int64_t rows) const {
+    const int64_t plane_rows = rows * p_.a.bits;
+    return plane_rows < kern_.pop_rows_a && kern_.popcount_short[plane_rows - 1] ? int(plane_rows) : kern_.pop_rows_a;
+  }
+
   // Plane-rows (row, plane) of rows [r0, r1) of op in tile order, padded to a multiple of `tile`
   // with zero rows of coefficient 0 (landing harmlessly on cache-tile row 0).
   void list_plane_rows(const Operand& op, int64_t r0, int64_t r1, int tile, const uint32_t* zero,
                        PlaneRows& out) const {
     const int64_t n = round_up((r1 - r0) * op.bits, tile);
+    out.tile = tile;
     out.ptr.resize(size_t(n));
     out.coeff.resize(size_t(n));
     out.row.resize(size_t(n));
@@ -571,7 +580,8 @@ class GemmRun {
   // tiles of the ISA's plane-row shape, over the plane-rows listed in s.pa (the task's A rows) and
   // s.pw (W rows [ns0, ns1)).
   void popcount_tiles(const TaskScratch& s, int64_t ns0, int64_t n0, int64_t c0, int64_t c1) const {
-    const int ta = kern_.pop_rows_a, tw = kern_.pop_rows_w;
+    const int ta = s.pa.tile, tw = kern_.pop_rows_w;
+    const detail::PopcountTileFn tile = ta < kern_.pop_rows_a ? kern_.popcount_short[ta - 1] : kern_.popcount_tile;
     uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data) + (ns0 - n0);
     const int64_t word0 = c0 / 32, nbytes = (c1 - c0) / 8;
     const uint32_t* pa[kMaxPopRows];
@@ -587,7 +597,7 @@ class GemmRun {
       const uint32_t* ca = s.pa.coeff.data() + ea;
       for (size_t ew = 0; ew < s.pw.ptr.size(); ew += size_t(tw)) {
         for (int j = 0; j < tw; ++j) pw[j] = s.pw.ptr[ew + size_t(j)] + word0;
-        kern_.popcount_tile(pa, pw, nbytes, counts);
+        tile(pa, pw, nbytes, counts);
         const uint32_t* cw = s.pw.coeff.data() + ew;
         const int64_t* col = s.pw.row.data() + ew;
         if (dense_w) {  // one plane: the tile's W rows are consecutive columns (padding rows count 0)

@@ -83,16 +83,20 @@ __attribute__((always_inline)) inline void store_sums(const __m512i* acc, uint32
 constexpr int kPopRowsA = 4, kPopRowsW = 6;
 constexpr int kDotRowsU = 4, kDotRowsS = 4;
 
+// RA x kPopRowsW plane-rows (RA = kPopRowsA: the full tile; fewer: popcount_short). Writes
+// round_up(RA * kPopRowsW, 8) counts, the ones past the tile zero.
+template <int RA>
 void popcount_tile_avx512(const uint32_t* const* a, const uint32_t* const* w, int64_t nbytes, uint32_t* out) {
-  __m512i acc[kPopRowsA * kPopRowsW];
-  unroll<kPopRowsA * kPopRowsW>([&](auto e) { acc[e] = _mm512_setzero_si512(); });
+  constexpr int kAcc = RA * kPopRowsW, kSums = (kAcc + 7) / 8 * 8;
+  __m512i acc[kSums];
+  unroll<kSums>([&](auto e) { acc[e] = _mm512_setzero_si512(); });
   const int64_t qwords = nbytes / 8;
   auto step = [&](int64_t q, __mmask8 m) __attribute__((always_inline)) {
-    __m512i av[kPopRowsA];
-    unroll<kPopRowsA>([&](auto i) { av[i] = _mm512_maskz_loadu_epi64(m, a[i] + 2 * q); });
+    __m512i av[RA];
+    unroll<RA>([&](auto i) { av[i] = _mm512_maskz_loadu_epi64(m, a[i] + 2 * q); });
     unroll<kPopRowsW>([&](auto j) {
       const __m512i wv = _mm512_maskz_loadu_epi64(m, w[j] + 2 * q);
-      unroll<kPopRowsA>([&](auto i) {
+      unroll<RA>([&](auto i) {
         __m512i& x = acc[i * kPopRowsW + j];
         x = _mm512_add_epi32(x, _mm512_popcnt_epi32(_mm512_and_si512(av[i], wv)));
       });
@@ -102,7 +106,7 @@ void popcount_tile_avx512(const uint32_t* const* a, const uint32_t* const* w, in
   for (; q + 8 <= qwords; q += 8) step(q, __mmask8(0xff));
   // nbytes is a multiple of 16: the last vector may hold 2, 4 or 6 qwords.
   if (q < qwords) step(q, __mmask8((1u << (qwords - q)) - 1));
-  store_sums<kPopRowsA * kPopRowsW>(acc, out);
+  store_sums<kSums>(acc, out);
 }
 
 void unpack_avx512(const uint32_t* const* plane_rows, const UnpackSpec& s, int64_t nwords, void* out) {
@@ -222,7 +226,10 @@ const CpuKernels& avx512_kernels() {
     k.pop_rows_w = kPopRowsW;
     k.dot_rows_u = kDotRowsU;
     k.dot_rows_s = kDotRowsS;
-    k.popcount_tile = popcount_tile_avx512;
+    k.popcount_tile = popcount_tile_avx512<kPopRowsA>;
+    k.popcount_short[0] = popcount_tile_avx512<1>;
+    k.popcount_short[1] = popcount_tile_avx512<2>;
+    k.popcount_short[2] = popcount_tile_avx512<3>;
     k.unpack = unpack_avx512;
     k.dot_narrow = dot_narrow_avx512;
     k.dot_wide = dot_wide_avx512;

@@ -38,8 +38,9 @@ struct UnpackSpec {
   bool wide = false;
 };
 
-// Counts over nbytes (a multiple of kSpanBits / 8) of pop_rows_a + pop_rows_w plane-rows:
-// out[i * pop_rows_w + j] = popcount(a[i] AND w[j]).
+// Counts over nbytes (a multiple of kSpanBits / 8) of pop_rows_a (or fewer: popcount_short) +
+// pop_rows_w plane-rows: out[i * pop_rows_w + j] = popcount(a[i] AND w[j]); out has room for
+// kMaxPopRows^2 counts (a tile may write zeros past its own).
 using PopcountTileFn = void (*)(const uint32_t* const* a, const uint32_t* const* w, int64_t nbytes,
                                 uint32_t* out);
 // Unpacks words [0, nwords) (a multiple of 4) of one row, given as one pointer per plane (entries
@@ -151,6 +152,9 @@ struct CpuKernels {
   QuantizeRowFn quantize_row;
   int panel_rows, panel_cols;  // panel_gemm's tile (<= kMaxPanelRows; panel_cols a multiple of 16)
   PanelGemmFn panel_gemm;
+  // popcount_short[r - 1]: tiles of r < pop_rows_a A plane-rows by pop_rows_w, for tasks with fewer A
+  // plane-rows than a tile (decode: one row of 1..3 bits); null: popcount_tile on zero-padded rows.
+  PopcountTileFn popcount_short[kMaxPopRows];
 };
 
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
