@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, check_device_usable, check_dtype, check_int, check_same_device,
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device,
                     check_tensor, cuda_stream, num_threads)
 
 __all__ = ["BitPacked", "pack", "quantize_pack", "gemm", "gemm_scaled", "cpu_kernel_name", "FORMATS", "METHODS"]
@@ -285,10 +285,11 @@ def _quantize_pack_op(x: torch.Tensor, bits: int, fmt: int, per_tensor: bool) ->
         with torch.cuda.device(x.device):
             nbytes = _C.bitgemm_quantize_pack_cuda_workspace_bytes(rows, k, bits, fmt, per_tensor)
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
-            _C.bitgemm_quantize_pack(x, bits, fmt, per_tensor, planes, offset, rowsum, scales,
-                                     stream=cuda_stream(x.device), workspace=workspace)
+            call_c(_C.bitgemm_quantize_pack, x, bits, fmt, per_tensor, planes, offset, rowsum, scales,
+                   stream=cuda_stream(x.device), workspace=workspace)
     else:
-        _C.bitgemm_quantize_pack(x, bits, fmt, per_tensor, planes, offset, rowsum, scales, nthreads=num_threads())
+        call_c(_C.bitgemm_quantize_pack, x, bits, fmt, per_tensor, planes, offset, rowsum, scales,
+               nthreads=num_threads())
     return planes, offset, rowsum, scales
 
 
@@ -334,9 +335,9 @@ def _run_gemm(a_planes, a_offset, a_rowsum, a_bits, a_fmt, w_planes, w_offset, w
             nbytes = _C.bitgemm_cuda_workspace_bytes(out.shape[0], out.shape[1], k, a_bits, w_bits,
                                                      a_scale is not None, group_size)
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
-            _C.bitgemm_gemm(*args, **kwargs, stream=cuda_stream(device), workspace=workspace)
+            call_c(_C.bitgemm_gemm, *args, **kwargs, stream=cuda_stream(device), workspace=workspace)
     else:
-        _C.bitgemm_gemm(*args, **kwargs, nthreads=num_threads())
+        call_c(_C.bitgemm_gemm, *args, **kwargs, nthreads=num_threads())
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, check_device_usable, check_dtype, check_finite, check_int,
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_finite, check_int,
                     check_same_device, check_shape, check_tensor, cuda_stream, num_threads)
 
 __all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "SCHEMES"]
@@ -414,11 +414,11 @@ def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, ze
         with torch.cuda.device(x.device):
             nbytes = _C.lut_cuda_workspace_bytes(x2.shape[0], m, k, bits, group_size, scheme, DTYPE_CODE[x.dtype])
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
-            _C.lut_gemm(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
-                        stream=cuda_stream(x.device), workspace=workspace)
+            call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
+                   stream=cuda_stream(x.device), workspace=workspace)
     else:
-        _C.lut_gemm(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
-                    nthreads=num_threads())
+        call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
+               nthreads=num_threads())
     return y.view(*x.shape[:-1], m)
 
 

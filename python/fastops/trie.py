@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._core import (FLOAT_DTYPES, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
+from ._core import (FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
                     cuda_stream, num_threads)
 
 __all__ = ["CSRTrie", "build_trie", "beam_search", "TrieLogitsProcessor", "MODES", "LAYOUT"]
@@ -52,7 +52,7 @@ def _on_device(t: torch.Tensor):
 def _mask_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torch.Tensor], rows_per_mask: int,
              node_ids: torch.Tensor, logits: torch.Tensor) -> None:
     with _on_device(logits):
-        _C.trie_mask_(indptr, tokens, alive, rows_per_mask, node_ids, logits, **_backend(logits))
+        call_c(_C.trie_mask_, indptr, tokens, alive, rows_per_mask, node_ids, logits, **_backend(logits))
 
 
 @_mask_op.register_fake
@@ -65,7 +65,7 @@ def _bitmask_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torc
                 node_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     out = torch.empty((node_ids.shape[0], (vocab + 31) // 32), dtype=torch.int32, device=node_ids.device)
     with _on_device(out):
-        _C.trie_bitmask(indptr, tokens, alive, rows_per_mask, node_ids, out, vocab, **_backend(out))
+        call_c(_C.trie_bitmask, indptr, tokens, alive, rows_per_mask, node_ids, out, vocab, **_backend(out))
     return out
 
 
@@ -83,8 +83,8 @@ def _candidates_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[t
     out_tokens = torch.empty((rows, k), dtype=torch.int32, device=device)
     next_nodes = torch.empty((rows, k), dtype=torch.int32, device=device)
     with _on_device(logits):
-        _C.trie_candidates(indptr, tokens, alive, rows_per_mask, node_ids, logits, log_softmax, scores, out_tokens,
-                           next_nodes, **_backend(logits))
+        call_c(_C.trie_candidates, indptr, tokens, alive, rows_per_mask, node_ids, logits, log_softmax, scores,
+               out_tokens, next_nodes, **_backend(logits))
     return scores, out_tokens, next_nodes
 
 
@@ -100,7 +100,7 @@ def _advance_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torc
                 node_ids: torch.Tensor, step_tokens: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(node_ids)
     with _on_device(out):
-        _C.trie_advance(indptr, tokens, alive, rows_per_mask, node_ids, step_tokens, out, **_backend(out))
+        call_c(_C.trie_advance, indptr, tokens, alive, rows_per_mask, node_ids, step_tokens, out, **_backend(out))
     return out
 
 
@@ -526,7 +526,7 @@ def build_trie(sequences, vocab_size: int, *, level_offsets: Optional[Sequence[i
         raise ValueError(f"{op}: sequences[{row}] is empty (an empty item needs eos_token_id)")
 
     try:
-        built = _C.trie_build(tokens, offsets, dedupe, num_threads(), token_limit=token_limit)
+        built = call_c(_C.trie_build, tokens, offsets, dedupe, num_threads(), token_limit=token_limit)
     except ValueError as e:  # the build's messages name the input ("sequences..."), not the op
         raise ValueError(f"{op}: {e}") from None
     trie = CSRTrie(indptr=torch.from_numpy(built["indptr"]), tokens=torch.from_numpy(built["tokens"]),
