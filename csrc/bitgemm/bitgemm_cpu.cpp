@@ -177,7 +177,7 @@ uint32_t quantize_row_scalar(const void* x, DType dtype, int64_t k, const QuantP
 void epilogue_row_scalar(const EpilogueRow& e) { detail::epilogue_row<store_row_scalar>(e); }
 
 const CpuKernels kScalarKernels = {
-    "scalar",        1,           0,     false, kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_scalar, unpack_scalar, nullptr, dot_wide_scalar,
+    "scalar",        2, 0, 3,     false, kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_scalar, unpack_scalar, nullptr, dot_wide_scalar,
     group_popcount_scalar, epilogue_row_scalar, minmax_scalar, quantize_row_scalar, 0, 0, nullptr, {},
 };
 
@@ -194,13 +194,13 @@ const CpuKernels& active_kernels() {
 // Method choice.
 
 // "auto" takes AND + popcount when it beats the unpacked dot products for this shape and bit pair on
-// this ISA (CpuKernels::popcount_max_planes, popcount_max_plane_rows); both are exact, so this only
+// this ISA (CpuKernels::popcount_cost, unpack_cost, dot_cost); both are exact, so this only
 // decides speed.
 bool use_popcount(const char* method, int64_t m, int bits_a, int bits_w, const CpuKernels& kern) {
   if (method && std::strcmp(method, "popcount") == 0) return true;
   if (method && std::strcmp(method, "int8") == 0) return false;
   const int planes = bits_a * bits_w;
-  return planes <= kern.popcount_max_planes || m * planes <= kern.popcount_max_plane_rows;
+  return m * planes * kern.popcount_cost < int64_t(bits_w) * kern.unpack_cost + m * kern.dot_cost;
 }
 
 // How the int8 method unpacks both operands (bitgemm_cpu_kernels.h: UnpackSpec, DotTileFn).

@@ -299,7 +299,7 @@ uint32_t quantize_row_avx2(const void* x, DType dtype, int64_t k, const QuantPar
 }
 
 const CpuKernels kAvx2Kernels = {
-    "avx2",           2,                  32,          false,       kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_avx2, unpack_avx2, dot_narrow_avx2, dot_wide_avx2, group_popcount_avx2,
+    "avx2",           2, 21, 6,          false,       kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_avx2, unpack_avx2, dot_narrow_avx2, dot_wide_avx2, group_popcount_avx2,
     epilogue_row_avx2, minmax_avx2,       quantize_row_avx2, 0, 0, nullptr, {},
 };
 

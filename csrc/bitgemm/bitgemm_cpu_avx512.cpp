@@ -219,8 +219,9 @@ const CpuKernels& avx512_kernels() {
   static const CpuKernels kernels = [] {
     CpuKernels k = avx2_kernels();
     k.isa = "avx512";
-    k.popcount_max_planes = 2;
-    k.popcount_max_plane_rows = 48;
+    k.popcount_cost = 10;  // dot / popcount just under 3: three plane pairs lose at M = K = 1024 (and
+    k.unpack_cost = 140;   // win by ~20% at 4096: short K costs popcount tiles more)
+    k.dot_cost = 29;
     k.narrow_exact = true;
     k.pop_rows_a = kPopRowsA;
     k.pop_rows_w = kPopRowsW;

@@ -131,13 +131,12 @@ using QuantizeRowFn = uint32_t (*)(const void* x, DType dtype, int64_t k, const 
 // Everything one ISA provides. dot_narrow is null where there is no narrow tile (scalar).
 struct CpuKernels {
   const char* isa;
-  // The popcount method is the faster one when bits_a * bits_w <= popcount_max_planes, or when
-  // m * bits_a * bits_w <= popcount_max_plane_rows: with few A rows the int8 tiles run mostly empty
-  // and unpacking W costs more than the products. Measured per ISA on AMD EPYC core pairs, 2 threads
-  // (M = N = K = 2048..4096 and M in 1..16 x N = 11008 x K = 4096): AVX2 on Zen 5, AVX-512 on Zen 4
-  // after panel_gemm (2026-12-06).
-  int popcount_max_planes;
-  int64_t popcount_max_plane_rows;
+  // Relative costs per W row and K element that pick the method: popcount takes
+  //   m * bits_a * bits_w * popcount_cost   (every plane pair of every A row),
+  // the int8 dot products bits_w * unpack_cost + m * dot_cost (W unpacked once, then one dot per A
+  // row); the cheaper one runs. Fitted per ISA on a Zen 4 core pair, 2 threads, 2026-12-06 (M in
+  // 1..16 x N = 11008 x K = 4096 and M = N = K = 1024..4096).
+  int popcount_cost, unpack_cost, dot_cost;
   // Narrow tiles accumulate u8 x s8 products exactly in int32 (vpdpbusd), so neither the int16 pair
   // bound nor flush_every applies; coef still weights each S row.
   bool narrow_exact;
