@@ -51,7 +51,7 @@ def _assert_exact(c, a, w):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k[0] + ("-zp" if k[1] else ""))
-@pytest.mark.parametrize("rows,k", [(1, 1), (7, 31), (5, 256), (9, 257)])
+@pytest.mark.parametrize("rows,k", [(0, 9), (3, 0), (1, 1), (7, 31), (5, 256), (9, 257)])
 def test_pack_round_trip_and_layout(gen, device, bits, kind, rows, k):
     bp, x, zp = _operand(gen, rows, k, bits, kind, device)
     assert bp.planes.shape == (bits, rows, -(-k // 256) * 8) and bp.device.type == device

@@ -4,7 +4,9 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/dtype.h"
@@ -82,6 +84,17 @@ inline void expect_same_device(const Array& a, const Array& b, const char* op, c
                                const char* name_b) {
   if (a.device_type() != b.device_type() || a.device_id() != b.device_id())
     throw_value(std::string(op) + ": " + name_a + " and " + name_b + " must be on the same device");
+}
+
+// The data of a caller-allocated CUDA workspace of at least `need` bytes on ref's device (nullptr when
+// the kernel needs none).
+inline void* workspace_data(const std::optional<Array>& workspace, std::size_t need, const Array& ref,
+                            const char* op, const char* ref_name) {
+  if (need == 0) return nullptr;
+  if (!workspace || workspace->size() < need)
+    throw_value(std::string(op) + ": workspace must hold at least " + std::to_string(need) + " bytes");
+  expect_same_device(ref, *workspace, op, ref_name, "workspace");
+  return workspace->data();
 }
 
 enum class Device { cpu, cuda };

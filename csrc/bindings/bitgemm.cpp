@@ -113,14 +113,7 @@ void bitgemm_gemm(Array a_planes, Array a_offset, Array a_rowsum, int a_bits, in
     return;
   }
 #ifdef FASTOPS_WITH_CUDA
-  const std::size_t need = bitgemm::gemm_cuda_workspace_bytes(p);
-  void* ws = nullptr;
-  if (need > 0) {
-    if (!workspace || workspace->size() < need)
-      fail(kGemm, "workspace must hold at least " + std::to_string(need) + " bytes");
-    expect_same_device(a_planes, *workspace, kGemm, "a", "workspace");
-    ws = workspace->data();
-  }
+  void* ws = workspace_data(workspace, bitgemm::gemm_cuda_workspace_bytes(p), a_planes, kGemm, "a");
   nb::gil_scoped_release nogil;
   bitgemm::gemm_cuda(p, ws, stream);
 #else
@@ -186,14 +179,7 @@ void bitgemm_quantize_pack(Array x, int bits, int fmt, bool per_tensor, Array pl
     return;
   }
 #ifdef FASTOPS_WITH_CUDA
-  const std::size_t need = bitgemm::quantize_pack_cuda_workspace_bytes(q);
-  void* ws = nullptr;
-  if (need > 0) {
-    if (!workspace || workspace->size() < need)
-      fail(kQuant, "workspace must hold at least " + std::to_string(need) + " bytes");
-    expect_same_device(x, *workspace, kQuant, "x", "workspace");
-    ws = workspace->data();
-  }
+  void* ws = workspace_data(workspace, bitgemm::quantize_pack_cuda_workspace_bytes(q), x, kQuant, "x");
   nb::gil_scoped_release nogil;
   bitgemm::quantize_pack_cuda(q, ws, stream);
 #else

@@ -90,14 +90,7 @@ void lut_gemm(Array x, Array planes, Array scales, Array zeros, std::optional<Ar
     return;
   }
 #ifdef FASTOPS_WITH_CUDA
-  const std::size_t need = lut::gemm_cuda_workspace_bytes(p);
-  void* ws = nullptr;
-  if (need > 0) {
-    if (!workspace || workspace->size() < need)
-      throw_value(std::string(kOp) + ": workspace must hold at least " + std::to_string(need) + " bytes");
-    expect_same_device(x, *workspace, kOp, "x", "workspace");
-    ws = workspace->data();
-  }
+  void* ws = workspace_data(workspace, lut::gemm_cuda_workspace_bytes(p), x, kOp, "x");
   nb::gil_scoped_release nogil;
   lut::gemm_cuda(p, ws, stream);
 #else

@@ -8,6 +8,8 @@
 // mb x nb uint32 cache tile; when a group ends, the epilogue turns the tile into C_g and writes int32,
 // or adds scale * C_g into an fp32 tile that the last group writes once in out_dtype. Few A rows
 // (decode) take ks = all of K, so each W row streams from memory once, front to back.
+// Narrow int8 plans with many A rows on an ISA with panel_gemm (AVX-512 VNNI) instead unpack A and W
+// once per call, W into column panels (run_panel), and the tasks only run the panel kernel.
 //
 // Corrections (bitgemm_format.h), per group g of logical width k_g, with rs = the group's row sums of
 // X - offset (the operands' rowsum when there is one group):
@@ -446,7 +448,7 @@ class GemmRun {
         const int64_t mz = std::min(m_, mc + a_chunk);
         if (nc == 0 || m_ > a_chunk)
           parallel_for(mz - mc, std::max<int64_t>(1, 16384 / kend_), nthreads_, [&](int64_t b, int64_t e) {
-            unpack_rows(p_.a, plan_.a_spec, 1, mc + b, mc + e, 0, nwords, a_buf.get() + b * kend_);
+            unpack_rows(p_.a, plan_.a_spec, 1, mc + b, mc + e, 0, nwords, kend_, a_buf.get() + b * kend_);
           });
         a_pre_ = a_buf.get(), a_pre_row0_ = mc, w_pre_ = w_buf.get(), w_pre_row0_ = nc;
         run_tasks(mc, mz, nc, nz);
@@ -475,11 +477,11 @@ class GemmRun {
     return op.planes + (plane * op.rows + row) * words_;
   }
 
-  // Unpacks rows [r0, r1) of op over words [w0, w0 + nw) into block rows of `parts` part-rows.
+  // Unpacks rows [r0, r1) of op over words [w0, w0 + nw) into block rows of `parts` part-rows, each
+  // part_bytes apart.
   void unpack_rows(const Operand& op, const UnpackSpec* spec, int parts, int64_t r0, int64_t r1, int64_t w0,
-                   int64_t nw, uint8_t* block) const {
+                   int64_t nw, int64_t part_bytes, uint8_t* block) const {
     const uint32_t* rows[kMaxBits];
-    const int64_t part_bytes = (panel_ ? kend_ : ks_) * esize_;
     for (int64_t r = r0; r < r1; ++r) {
       for (int i = 0; i < op.bits; ++i) rows[i] = plane_row(op, i, r) + w0;
       for (int q = 0; q < parts; ++q) kern_.unpack(rows, spec[q], nw, block + ((r - r0) * parts + q) * part_bytes);
@@ -523,13 +525,14 @@ class GemmRun {
     for (int64_t s0 = 0; s0 < kend_; s0 += ks_) {
       const int64_t s1 = std::min(kend_, s0 + ks_);
       if (!popcount_ && !panel_)
-        unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, s.ablock.data);
+        unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, ks_ * esize_, s.ablock.data);
       for (int64_t ns0 = n0; ns0 < n1; ns0 += ns_) {
         const int64_t ns1 = std::min(n1, ns0 + ns_);
         if (popcount_)
           list_plane_rows(p_.w, ns0, ns1, kern_.pop_rows_w, zero, s.pw);
         else if (!panel_)
-          unpack_rows(p_.w, plan_.w_spec, plan_.w_parts, ns0, ns1, s0 / 32, (s1 - s0) / 32, s.wblock.data);
+          unpack_rows(p_.w, plan_.w_spec, plan_.w_parts, ns0, ns1, s0 / 32, (s1 - s0) / 32, ks_ * esize_,
+                      s.wblock.data);
         for (int64_t c0 = s0; c0 < s1;) {
           const int64_t g = c0 / glen_, gend = std::min(kend_, (g + 1) * glen_), c1 = std::min(s1, gend);
           if (c0 == g * glen_)

@@ -163,13 +163,18 @@ class BitPacked:
         return BitPacked(self.planes.to(device), self.offset.to(device), self.rowsum.to(device), self.bits,
                          self.fmt, self.k)
 
-    def _codes(self) -> torch.Tensor:
-        """The unsigned code u[rows, k] = sum_i 2^i bit_i, int64."""
+    def _bits(self) -> torch.Tensor:
+        """Every bit of every plane, int64 [bits, rows, padded k] (bit t of word w is column 32 w + t)."""
         shifts = torch.arange(WORD_BITS, device=self.device, dtype=torch.int64)
         words = self.planes.to(torch.int64) & 0xFFFFFFFF
-        codes = torch.zeros(self.rows, words.shape[2] * WORD_BITS, dtype=torch.int64, device=self.device)
+        return ((words[..., None] >> shifts) & 1).flatten(2)
+
+    def _codes(self) -> torch.Tensor:
+        """The unsigned code u[rows, k] = sum_i 2^i bit_i, int64."""
+        bits = self._bits()
+        codes = torch.zeros_like(bits[0])
         for i in range(self.bits):
-            codes |= ((words[i, :, :, None] >> shifts) & 1).reshape(self.rows, -1) << i
+            codes |= bits[i] << i
         return codes[:, : self.k]
 
     def unpack(self) -> torch.Tensor:
@@ -188,9 +193,7 @@ class BitPacked:
 
     def plane_popcounts(self) -> torch.Tensor:
         """popcount of each plane row, int32 [bits, rows] (the row sums combine these with the coefficients)."""
-        words = self.planes.to(torch.int64) & 0xFFFFFFFF
-        shifts = torch.arange(WORD_BITS, device=self.device, dtype=torch.int64)
-        return ((words[..., None] >> shifts) & 1).sum(dim=(2, 3)).to(torch.int32)
+        return self._bits().sum(dim=2).to(torch.int32)
 
     def state_dict(self) -> dict:
         meta = torch.tensor([self.bits, _FMT_CODE[self.fmt], self.k], dtype=torch.int64)

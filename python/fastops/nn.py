@@ -13,6 +13,17 @@ from .lut import SCHEMES, LutWeight, lut_gemm, quantize
 __all__ = ["LutLinear", "BitLinear"]
 
 
+def _packed_weight(module: torch.nn.Module, buffers: tuple, build):
+    """module's packed weight object, built by build() once per set of buffers: validating one costs
+    ~20 us, too much for every forward; .to() replaces the buffers (a rebuild), load_state_dict copies
+    into them in place (no rebuild needed)."""
+    cached = module.__dict__.get("_weight_cache")
+    if cached is None or any(a is not b for a, b in zip(cached[0], buffers)):
+        cached = (buffers, build())
+        module.__dict__["_weight_cache"] = cached
+    return cached[1]
+
+
 class LutLinear(torch.nn.Module):
     """y = x @ W^T + b with W held as a fastops.lut.LutWeight.
 
@@ -34,17 +45,9 @@ class LutLinear(torch.nn.Module):
 
     @property
     def weight(self) -> LutWeight:
-        # Validating a LutWeight costs ~20 us: build it once per set of buffers (.to() replaces them;
-        # load_state_dict copies into them in place), not on every forward.
-        buffers = (self.planes, self.scales, self.zeros)
-        cached = self.__dict__.get("_weight_cache")
-        if cached is None or any(a is not b for a, b in zip(cached[0], buffers)):
-            weight = LutWeight(planes=self.planes, scales=self.scales, zeros=self.zeros,
-                               shape=(self.out_features, self.in_features), bits=self.bits,
-                               group_size=self.group_size, scheme=self.scheme)
-            cached = (buffers, weight)
-            self.__dict__["_weight_cache"] = cached
-        return cached[1]
+        return _packed_weight(self, (self.planes, self.scales, self.zeros), lambda: LutWeight(
+            planes=self.planes, scales=self.scales, zeros=self.zeros, shape=(self.out_features, self.in_features),
+            bits=self.bits, group_size=self.group_size, scheme=self.scheme))
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int, group_size: Optional[int] = 128, scheme: str = "asym",
@@ -97,7 +100,8 @@ class BitLinear(torch.nn.Module):
 
     @property
     def weight(self) -> BitPacked:
-        return BitPacked(self.w_planes, self.w_offset, self.w_rowsum, self.w_bits, self.w_fmt, self.in_features)
+        return _packed_weight(self, (self.w_planes, self.w_offset, self.w_rowsum), lambda: BitPacked(
+            self.w_planes, self.w_offset, self.w_rowsum, self.w_bits, self.w_fmt, self.in_features))
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, w_bits: int = 4, a_bits: int = 8, w_fmt: str = "signed",
