@@ -24,6 +24,10 @@ REL_ERR = {
     ("bitgemm_scaled", "cuda", torch.bfloat16): 8e-3,
 }
 
+# spmm, elementwise: |y - ref| <= bound * (sum_c |x w| + |bias|) against the float64 product. fp32
+# accumulation in any order, then one rounding to the output dtype.
+SPMM_ELEMENT_BOUND = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     y, ref = y.detach().cpu().double(), ref.detach().cpu().double()

@@ -16,6 +16,7 @@ namespace nb = nanobind;
 namespace fastops {
 namespace bind {
 void register_lut(nb::module_& m);
+void register_sparse(nb::module_& m);
 void register_bitgemm(nb::module_& m);
 void register_trie(nb::module_& m);
 }
@@ -38,6 +39,7 @@ nb::dict cpu_features_dict() {
   d["avx512_vnni"] = f.avx512_vnni;
   d["avx512_bf16"] = f.avx512_bf16;
   d["avx512_vbmi"] = f.avx512_vbmi;
+  d["avx512_vbmi2"] = f.avx512_vbmi2;
   return d;
 }
 
@@ -91,6 +93,7 @@ NB_MODULE(_C, m) {
   }, nb::arg("device"));
 
   fastops::bind::register_lut(m);
+  fastops::bind::register_sparse(m);
   fastops::bind::register_bitgemm(m);
   fastops::bind::register_trie(m);
 }

@@ -48,6 +48,7 @@ CpuFeatures detect() {
     f.avx512bw = b & (1u << 30);
     f.avx512vl = b & (1u << 31);
     f.avx512_vbmi = c & (1u << 1);
+    f.avx512_vbmi2 = c & (1u << 6);
     f.avx512_vnni = c & (1u << 11);
     f.avx512_vpopcntdq = c & (1u << 14);
     unsigned a1, b1, c1, d1;

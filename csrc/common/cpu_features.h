@@ -10,7 +10,8 @@ namespace fastops {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, popcnt = false, bmi2 = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
-  bool avx512_vpopcntdq = false, avx512_vnni = false, avx512_bf16 = false, avx512_vbmi = false;
+  bool avx512_vpopcntdq = false, avx512_vnni = false, avx512_bf16 = false, avx512_vbmi = false,
+       avx512_vbmi2 = false;
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };

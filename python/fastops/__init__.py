@@ -3,11 +3,13 @@
     w = fastops.lut.quantize(linear.weight, bits=2)     # packed low-bit weight
     y = fastops.lut_gemm(x, w)                          # x[..., K] fp16/bf16/fp32 on CPU or CUDA
     c = fastops.bitgemm.gemm(a, w)                      # exact low-bit integer GEMM (bit-sliced)
+    y = fastops.spmm(x, fastops.sparse.pack(w_pruned))  # unstructured-sparse weight (exact)
 """
 from . import _C
 from ._info import format_info, info
-from . import bitgemm, lut, nn, trie
+from . import bitgemm, lut, nn, sparse, trie
 from .lut import LutWeight, lut_gemm
+from .sparse import SparseWeight, spmm
 
 __version__ = _C.__version__
 built_with_cuda = bool(_C.built_with_cuda)
@@ -28,5 +30,5 @@ def set_cpu_isa(name: str) -> None:
     _C.set_isa(name)
 
 
-__all__ = ["bitgemm", "lut", "nn", "trie", "lut_gemm", "LutWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
+__all__ = ["bitgemm", "lut", "nn", "sparse", "trie", "lut_gemm", "LutWeight", "spmm", "SparseWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
            "built_with_cuda", "__version__"]

@@ -3,7 +3,8 @@ device, stream and thread-count choices. Messages always name the operation, the
 expected and what was received."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import fnmatch
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -93,3 +94,35 @@ def call_c(fn, *args, **kwargs):
         return torch.utils.dlpack.to_dlpack(v) if isinstance(v, torch.Tensor) else v
 
     return fn(*[capsule(a) for a in args], **{k: capsule(v) for k, v in kwargs.items()})
+
+
+# Module-name glob patterns or a predicate (name, module) -> bool: which nn.Linear layers a whole-model
+# conversion leaves alone.
+SkipSpec = Union[None, Iterable[str], Callable[[str, torch.nn.Module], bool]]
+
+
+def _skipped(skip: SkipSpec, name: str, module: torch.nn.Module) -> bool:
+    if skip is None:
+        return False
+    if callable(skip):
+        return bool(skip(name, module))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
+
+
+def replace_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module], skip: SkipSpec,
+                    progress: Optional[bool], desc: str) -> torch.nn.Module:
+    """Replaces (in place) every plain nn.Linear of model not matched by skip with make(linear); shows a
+    tqdm bar when progress is True (None: when there are 16 or more layers). Returns model."""
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if type(mod) is torch.nn.Linear and not _skipped(skip, name, mod)]
+    if progress is None:
+        progress = len(targets) >= 16
+    items = targets
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(targets, desc=desc, unit="layer")
+    for name, linear in items:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(linear))
+    return model

@@ -14,15 +14,14 @@ Schemes (all weights are `W[m, k]` with group `G = k // group_size`):
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Optional
 
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_finite, check_int,
-                    check_same_device, check_shape, check_tensor, cuda_stream, num_threads)
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype, check_finite,
+                    check_int, check_same_device, check_shape, check_tensor, cuda_stream, num_threads, replace_linears)
 
 __all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "SCHEMES"]
 
@@ -482,17 +481,6 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
 # ---------------------------------------------------------------------------------------------------
 # Whole-model conversion
 # ---------------------------------------------------------------------------------------------------
-SkipSpec = Union[None, Iterable[str], Callable[[str, torch.nn.Module], bool]]
-
-
-def _skipped(skip: SkipSpec, name: str, module: torch.nn.Module) -> bool:
-    if skip is None:
-        return False
-    if callable(skip):
-        return bool(skip(name, module))
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
-
-
 def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
                    skip: SkipSpec = ("lm_head",), precise: bool = False, progress: Optional[bool] = None,
                    bcq_iters: int = 10) -> torch.nn.Module:
@@ -503,17 +491,6 @@ def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] 
     """
     from .nn import LutLinear
 
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod) is torch.nn.Linear and not _skipped(skip, name, mod)]
-    if progress is None:
-        progress = len(targets) >= 16
-    items = targets
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(targets, desc=f"fastops: quantizing to {bits}-bit {scheme}", unit="layer")
-    for name, linear in items:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LutLinear.from_linear(linear, bits=bits, group_size=group_size, scheme=scheme,
-                                                     precise=precise, bcq_iters=bcq_iters))
-    return model
+    return replace_linears(model, lambda linear: LutLinear.from_linear(
+        linear, bits=bits, group_size=group_size, scheme=scheme, precise=precise, bcq_iters=bcq_iters),
+        skip, progress, f"fastops: quantizing to {bits}-bit {scheme}")

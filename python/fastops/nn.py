@@ -1,5 +1,5 @@
-"""Drop-in modules for torch.nn.Linear: LutLinear (packed low-bit weight, float activations) and BitLinear
-(low-bit weight and activations, exact integer GEMM)."""
+"""Drop-in modules for torch.nn.Linear: LutLinear (packed low-bit weight, float activations), BitLinear
+(low-bit weight and activations, exact integer GEMM) and SparseLinear (unstructured-sparse weight, exact)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,8 +9,10 @@ import torch
 from . import bitgemm
 from .bitgemm import BitPacked
 from .lut import SCHEMES, LutWeight, lut_gemm, quantize
+from .sparse import SparseWeight, magnitude_prune, spmm
+from .sparse import pack as sparse_pack
 
-__all__ = ["LutLinear", "BitLinear"]
+__all__ = ["LutLinear", "BitLinear", "SparseLinear"]
 
 
 def _packed_weight(module: torch.nn.Module, buffers: tuple, build):
@@ -139,3 +141,48 @@ class BitLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, w_bits={self.w_bits}, "
                 f"w_fmt={self.w_fmt!r}, a_bits={self.a_bits}, a_fmt={self.a_fmt!r}, bias={self.bias is not None}")
+
+
+class SparseLinear(torch.nn.Module):
+    """y = x @ W^T + b with W held as a fastops.sparse.SparseWeight (exact: only the zeros are dropped).
+
+    The packed tensors are buffers (they follow .to(), .cuda() and state_dict(); a state dict must come
+    from a weight with the same number of nonzeros); the weight is frozen, the bias (if any) is an
+    ordinary parameter. x must have the weight's dtype. Gradients flow to x (and the bias).
+    """
+
+    def __init__(self, weight: SparseWeight, bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        if not isinstance(weight, SparseWeight):
+            raise TypeError(f"SparseLinear: weight must be a fastops.sparse.SparseWeight, got {type(weight).__name__}")
+        self.register_buffer("masks", weight.masks)
+        self.register_buffer("values", weight.values)
+        self.register_buffer("strip_offsets", weight.strip_offsets)
+        self.register_buffer("chunk_offsets", weight.chunk_offsets)
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+
+    @property
+    def weight(self) -> SparseWeight:
+        return _packed_weight(self, (self.masks, self.values, self.strip_offsets, self.chunk_offsets),
+                              lambda: SparseWeight(masks=self.masks, values=self.values, strip_offsets=self.strip_offsets,
+                                                   chunk_offsets=self.chunk_offsets,
+                                                   shape=(self.out_features, self.in_features)))
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, sparsity: Optional[float] = None) -> "SparseLinear":
+        """Packs linear's weight (its zeros), magnitude-pruned to `sparsity` first when given."""
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"SparseLinear.from_linear: linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        if sparsity is not None:
+            w = magnitude_prune(w, sparsity)
+        return cls(sparse_pack(w), linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return spmm(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        w = self.weight
+        return (f"in_features={self.in_features}, out_features={self.out_features}, dtype={w.dtype}, "
+                f"sparsity={w.sparsity:.3f}, bias={self.bias is not None}")

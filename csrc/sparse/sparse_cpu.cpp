@@ -1,0 +1,247 @@
+// CPU SpMM driver, the scalar kernels, and host packing (sparse.h). The SIMD kernels live in
+// sparse_cpu_avx2.cpp / sparse_cpu_avx512.cpp behind the CpuKernels table (sparse_cpu_kernels.h).
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "sparse/sparse.h"
+#include "sparse/sparse_cpu_kernels.h"
+
+namespace fastops {
+namespace sparse {
+namespace {
+
+using detail::CpuKernels;
+using detail::kGroupStrips;
+using detail::Task;
+
+constexpr int G = kGroupStrips;
+
+// ---- scalar kernels --------------------------------------------------------------------------------
+template <DType D>
+void expand_unit_scalar(uint32_t mask, const void*& pv, float* out) {
+  using V = std::conditional_t<D == DType::f32, float, uint16_t>;
+  const V* p = static_cast<const V*>(pv);
+  for (int bit = 0; bit < kUnitElems; ++bit) out[bit] = (mask >> bit) & 1u ? load_elem<D>(p++, 0) : 0.0f;
+  pv = p;
+}
+
+template <DType D>
+void run_scalar_dtype(const Task& t) {
+  detail::Streams<void> s = detail::open_streams<void>(t);
+  const int64_t units = units_per_strip(t.w->k);
+  float* acc = t.scratch;  // [token][strip][32] (r, j) pair sums
+  std::fill(acc, acc + t.tokens * G * kUnitElems, 0.0f);
+  float unit[kUnitElems];
+  for (int64_t u = 0; u < units; ++u)
+    for (int g = 0; g < G; ++g) {
+      expand_unit_scalar<D>(s.masks[g][u], s.vals[g], unit);
+      for (int64_t tok = 0; tok < t.tokens; ++tok) {
+        const float* x = static_cast<const float*>(t.x.data) + (t.token0 + tok) * t.x.stride + 2 * u;
+        float* a = acc + (tok * G + g) * kUnitElems;
+        for (int bit = 0; bit < kUnitElems; ++bit) a[bit] += unit[bit] * x[bit_col(bit)];
+      }
+    }
+  for (int64_t tok = 0; tok < t.tokens; ++tok)
+    for (int g = 0; g < G; ++g) {
+      const float* a = acc + (tok * G + g) * kUnitElems;
+      const int64_t r0 = (t.strip0 + g) * kStripRows;
+      for (int r = 0; r < s.rows[g]; ++r) {
+        float v = a[unit_bit(r, 0)] + a[unit_bit(r, 1)];
+        if (t.bias) v += load_elem<D>(t.bias, r0 + r);
+        store_elem<D>(t.y, tok * t.y_stride + r0 + r, v);
+      }
+    }
+}
+
+void run_scalar(const Task& t) {
+  with_dtype(t.w->dtype, [&](auto d) { run_scalar_dtype<decltype(d)::value>(t); });
+}
+
+int64_t scratch_floats_scalar(int64_t tokens) { return tokens * G * kUnitElems; }
+
+void pack_x_scalar(const void* x, int64_t x_stride, DType dtype, int64_t n, int64_t k, int64_t kp, void* out) {
+  with_dtype(dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    for (int64_t t = 0; t < n; ++t) {
+      float* dst = static_cast<float*>(out) + t * kp;
+      for (int64_t c = 0; c < k; ++c) dst[c] = load_elem<D>(x, t * x_stride + c);
+      std::fill(dst + k, dst + kp, 0.0f);
+    }
+  });
+}
+
+const CpuKernels kScalarKernels = {"scalar", false, pack_x_scalar, run_scalar, scratch_floats_scalar};
+
+const CpuKernels& active_kernels() {
+#ifdef FASTOPS_HAVE_AVX2_KERNELS
+  const CpuFeatures& f = cpu_features();
+  if (active_isa() >= Isa::avx512 && f.avx512_vbmi2 && f.avx512_bf16) return detail::avx512_kernels();
+  if (active_isa() >= Isa::avx2) return detail::avx2_kernels();
+#endif
+  return kScalarKernels;
+}
+
+// ---- driver ------------------------------------------------------------------------------------
+// 64-byte aligned scratch that only grows.
+struct Scratch {
+  std::vector<float> raw;
+  float* data = nullptr;
+  float* ensure(int64_t floats) {
+    if (int64_t(raw.size()) < floats + 16) {
+      raw.assign(size_t(floats + 16), 0.0f);
+      data = raw.data() + ((-reinterpret_cast<uintptr_t>(raw.data()) & 63) / sizeof(float));
+    }
+    return data;
+  }
+};
+
+constexpr int64_t kSlabTokens = 256;    // tokens whose packed x is live at once (x is re-packed per slab)
+constexpr int64_t kMinPartTokens = 8;   // a task's token range is at least this (unless the slab is smaller)
+constexpr int kTasksPerThread = 4;      // load balance
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// pack_x for x with a column stride: element by element, into bf16 pairs or fp32 like the kernels'.
+void pack_x_strided(const void* x, int64_t x_stride, int64_t x_col_stride, DType dtype, bool bf16_out, int64_t n,
+                    int64_t k, int64_t kp, void* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    if (bf16_out) {
+      uint16_t* dst = static_cast<uint16_t*>(out) + t * kp;
+      const uint16_t* src = static_cast<const uint16_t*>(x) + t * x_stride;
+      for (int64_t c = 0; c < k; ++c) dst[c] = src[c * x_col_stride];
+      std::fill(dst + k, dst + kp, uint16_t(0));
+    } else {
+      float* dst = static_cast<float*>(out) + t * kp;
+      with_dtype(dtype, [&](auto d) {
+        for (int64_t c = 0; c < k; ++c) dst[c] = load_elem<decltype(d)::value>(x, t * x_stride + c * x_col_stride);
+      });
+      std::fill(dst + k, dst + kp, 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+std::string cpu_kernel_name() { return active_kernels().name; }
+
+void spmm_cpu(const SpmmProblem& p, int nthreads) {
+  const Weight& w = p.w;
+  if (p.n == 0 || w.m == 0) return;
+  const CpuKernels& kern = active_kernels();
+  const int64_t kp = padded_cols(w.k), units = units_per_strip(w.k);
+  const int64_t groups = ceil_div(num_strips(w.m), G);
+  const int64_t x_bytes = kern.bf16_pairs && w.dtype == DType::bf16 ? 2 : 4;
+  const int64_t elem = w.dtype == DType::f32 ? 4 : 2;
+  const std::vector<uint32_t> zero_masks(size_t(units), 0u);
+  Scratch xbuf;
+  for (int64_t slab0 = 0; slab0 < p.n; slab0 += kSlabTokens) {
+    const int64_t ns = std::min(kSlabTokens, p.n - slab0);
+    void* xp = xbuf.ensure(ceil_div(ns * kp * x_bytes, 4));
+    const void* x = static_cast<const char*>(p.x) + slab0 * p.x_stride * elem;
+    if (p.x_col_stride == 1) kern.pack_x(x, p.x_stride, w.dtype, ns, w.k, kp, xp);
+    else pack_x_strided(x, p.x_stride, p.x_col_stride, w.dtype, x_bytes == 2, ns, w.k, kp, xp);
+    // Few strip groups (small M): split the tokens too, so every thread has work.
+    const int64_t parts = std::clamp(ceil_div(int64_t(kTasksPerThread) * nthreads, groups), int64_t(1),
+                                     ceil_div(ns, kMinPartTokens));
+    const int64_t part_tokens = ceil_div(ns, parts);
+    parallel_for(groups * parts, 1, nthreads, [&](int64_t begin, int64_t end) {
+      thread_local Scratch scratch;
+      for (int64_t i = begin; i < end; ++i) {
+        Task t;
+        t.w = &w;
+        t.x = {xp, kp};
+        t.strip0 = (i / parts) * G;
+        t.token0 = (i % parts) * part_tokens;
+        t.tokens = std::min(part_tokens, ns - t.token0);
+        if (t.tokens <= 0) continue;
+        t.y = static_cast<char*>(p.y) + (slab0 + t.token0) * p.y_stride * elem;
+        t.y_stride = p.y_stride;
+        t.bias = p.bias;
+        t.zero_masks = zero_masks.data();
+        t.scratch = scratch.ensure(kern.scratch_floats(t.tokens));
+        kern.run(t);
+      }
+    });
+  }
+}
+
+// ---- packing --------------------------------------------------------------------------------
+namespace {
+
+// Nonzero test on raw bits, so -0.0 is zero and NaN is a value.
+template <class Bits>
+bool nonzero(Bits v) {
+  return (v & Bits(~(Bits(1) << (8 * sizeof(Bits) - 1)))) != 0;
+}
+
+template <class Bits>
+Bits element(const PackProblem& p, int64_t r, int64_t c) {
+  return static_cast<const Bits*>(p.w)[r * p.stride_r + c * p.stride_c];
+}
+
+template <class Bits>
+void count_strip(const PackProblem& p, int64_t s, int32_t* counts) {
+  const int64_t chunks = chunks_per_strip(p.k), r1 = std::min(p.m, (s + 1) * kStripRows);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t c0 = c * kChunkCols, c1 = std::min(p.k, c0 + kChunkCols);
+    int32_t n = 0;
+    for (int64_t r = s * kStripRows; r < r1; ++r)
+      for (int64_t col = c0; col < c1; ++col) n += nonzero(element<Bits>(p, r, col));
+    counts[c] = n;
+  }
+}
+
+template <class Bits>
+void fill_strip(const PackProblem& p, const Weight& out, int64_t s, uint32_t* masks, Bits* values) {
+  const int64_t units = units_per_strip(p.k), rows = std::min<int64_t>(kStripRows, p.m - s * kStripRows);
+  Bits* v = values + out.strip_offsets[s];
+  for (int64_t u = 0; u < units; ++u) {
+    uint32_t mask = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int j = 0; j < kUnitCols; ++j) {
+        const int64_t col = u * kUnitCols + j;
+        if (col >= p.k) continue;
+        const Bits e = element<Bits>(p, s * kStripRows + r, col);
+        if (nonzero(e)) {
+          mask |= 1u << unit_bit(int(r), j);
+          *v++ = e;
+        }
+      }
+    masks[s * units + u] = mask;
+  }
+}
+
+template <class F>
+void for_strips(const PackProblem& p, int nthreads, F&& f) {
+  parallel_for(num_strips(p.m), 1, nthreads, [&](int64_t b, int64_t e) {
+    for (int64_t s = b; s < e; ++s) f(s);
+  });
+}
+
+}  // namespace
+
+void pack_count_cpu(const PackProblem& p, int32_t* chunk_counts, int nthreads) {
+  const int64_t chunks = chunks_per_strip(p.k);
+  for_strips(p, nthreads, [&](int64_t s) {
+    if (p.dtype == DType::f32) count_strip<uint32_t>(p, s, chunk_counts + s * chunks);
+    else count_strip<uint16_t>(p, s, chunk_counts + s * chunks);
+  });
+}
+
+void pack_fill_cpu(const PackProblem& p, const Weight& out, uint32_t* masks, void* values, int nthreads) {
+  const int64_t nnz = out.strip_offsets[num_strips(p.m)];
+  for_strips(p, nthreads, [&](int64_t s) {
+    if (p.dtype == DType::f32) fill_strip<uint32_t>(p, out, s, masks, static_cast<uint32_t*>(values));
+    else fill_strip<uint16_t>(p, out, s, masks, static_cast<uint16_t*>(values));
+  });
+  const int64_t elem = p.dtype == DType::f32 ? 4 : 2;
+  std::memset(static_cast<char*>(values) + nnz * elem, 0, size_t(kValuePad * elem));
+}
+
+}  // namespace sparse
+}  // namespace fastops

@@ -1,0 +1,204 @@
+// AVX2 SpMM kernels (sparse_cpu_kernels.h). AVX2 has no expand instruction, so each mask byte (4 rows x
+// 2 columns) picks a shuffle from a 256-entry table: PSHUFB for 16-bit values, VPERMPS + a lane mask for
+// fp32. Units are always expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to
+// decode in the multiply loop); the multiply is FMA against broadcast fp32 pairs of x, one strip by up
+// to kBlock tokens at a time, with the pairs summed once in the epilogue.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/avx2_convert.h"
+#include "sparse/sparse_cpu_kernels.h"
+
+namespace fastops {
+namespace sparse {
+namespace detail {
+namespace {
+
+constexpr int G = kGroupStrips;
+constexpr int64_t kTileUnits = 64;
+constexpr int kBlock = 3;  // tokens per register block: 4 x 3 accumulators + 3 broadcasts
+
+// Shuffles that expand the values of one mask byte (elements 2 r + j, r < 4) to 8 slots.
+struct ExpandTables {
+  alignas(16) uint8_t shuffle16[256][16];  // PSHUFB control: bytes of 16-bit value `rank`, or 0x80 (zero)
+  alignas(32) int32_t perm32[256][8];      // VPERMPS index of each slot's value
+  alignas(32) int32_t keep32[256][8];      // all ones where the slot's bit is set
+
+  ExpandTables() {
+    for (int b = 0; b < 256; ++b) {
+      int rank = 0;
+      for (int i = 0; i < 8; ++i) {
+        const bool set = (b >> i) & 1;
+        shuffle16[b][2 * i] = set ? uint8_t(2 * rank) : 0x80;
+        shuffle16[b][2 * i + 1] = set ? uint8_t(2 * rank + 1) : 0x80;
+        perm32[b][i] = set ? rank : 0;
+        keep32[b][i] = set ? -1 : 0;
+        rank += set;
+      }
+    }
+  }
+};
+
+const ExpandTables& tables() {
+  static const ExpandTables t;
+  return t;
+}
+
+// Expands one unit (mask) of strip values at p into 4 x 8 fp32 (rows 4q .. 4q + 3) at out.
+template <DType D>
+inline void expand_unit(uint32_t mask, const void*& pv, float* out, const ExpandTables& tab) {
+  if constexpr (D == DType::f32) {
+    const float* p = static_cast<const float*>(pv);
+    for (int q = 0; q < 4; ++q) {
+      const unsigned b = (mask >> (8 * q)) & 0xffu;
+      const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p),
+                                                _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.perm32[b])));
+      _mm256_store_ps(out + 8 * q,
+                      _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(tab.keep32[b])))));
+      p += __builtin_popcount(b);
+    }
+    pv = p;
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(pv);
+    for (int q = 0; q < 4; ++q) {
+      const unsigned b = (mask >> (8 * q)) & 0xffu;
+      const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
+                                         _mm_load_si128(reinterpret_cast<const __m128i*>(tab.shuffle16[b])));
+      __m256 f;
+      if constexpr (D == DType::f16) f = _mm256_cvtph_ps(v);
+      else f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+      _mm256_store_ps(out + 8 * q, f);
+      p += __builtin_popcount(b);
+    }
+    pv = p;
+  }
+}
+
+// Sums the (r, j) pairs of two 8-float registers (rows 4q..4q+3 and 4q+4..4q+7) into 8 rows.
+inline __m256 sum_pairs(__m256 a, __m256 b) {
+  // hadd gives rows 0 1 4 5 2 3 6 7 (per 128-bit half); restore the order.
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_hadd_ps(a, b)), 0xd8));
+}
+
+template <DType D>
+void store_rows8(__m256 v, const Task& t, int64_t token, int64_t r0, int rows) {
+  char* row = static_cast<char*>(t.y) + token * t.y_stride * (D == DType::f32 ? 4 : 2);
+  constexpr int kBytes = D == DType::f32 ? 4 : 2;
+  if (rows >= 8) {
+    if (t.bias) v = _mm256_add_ps(v, load8<D>(static_cast<const char*>(t.bias) + r0 * kBytes));
+    store8<D>(row + r0 * kBytes, v);
+    return;
+  }
+  alignas(32) char buf[32] = {};
+  if (t.bias) {
+    std::memcpy(buf, static_cast<const char*>(t.bias) + r0 * kBytes, size_t(rows) * kBytes);
+    v = _mm256_add_ps(v, load8<D>(buf));
+  }
+  store8<D>(buf, v);
+  std::memcpy(row + r0 * kBytes, buf, size_t(rows) * kBytes);
+}
+
+// One strip x NT tokens over tile units [0, nu).
+template <DType D, int NT>
+void strip_tokens(const Task& t, const Streams<void>& s, int g, int64_t tok, int64_t u0, int64_t nu,
+                  const float* tile, bool first, bool last) {
+  const float* xrows[kBlock];
+  for (int i = 0; i < NT; ++i) xrows[i] = static_cast<const float*>(t.x.data) + (t.token0 + tok + i) * t.x.stride;
+  float* partial = t.scratch + tok * G * 32;
+  __m256 acc[NT][4];
+  for (int i = 0; i < NT; ++i)
+    for (int q = 0; q < 4; ++q)
+      acc[i][q] = first ? _mm256_setzero_ps() : _mm256_load_ps(partial + (i * G + g) * 32 + 8 * q);
+  for (int64_t u = 0; u < nu; ++u) {
+    const float* w = tile + (u * G + g) * 32;
+    __m256 b[NT];
+    for (int i = 0; i < NT; ++i) b[i] = _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xrows[i] + 2 * (u0 + u))));
+    for (int q = 0; q < 4; ++q) {
+      const __m256 wq = _mm256_load_ps(w + 8 * q);
+      for (int i = 0; i < NT; ++i) acc[i][q] = _mm256_fmadd_ps(wq, b[i], acc[i][q]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) {
+    if (!last) {
+      for (int q = 0; q < 4; ++q) _mm256_store_ps(partial + (i * G + g) * 32 + 8 * q, acc[i][q]);
+      continue;
+    }
+    const int64_t r0 = (t.strip0 + g) * kStripRows;
+    store_rows8<D>(sum_pairs(acc[i][0], acc[i][1]), t, tok + i, r0, s.rows[g]);
+    if (s.rows[g] > 8) store_rows8<D>(sum_pairs(acc[i][2], acc[i][3]), t, tok + i, r0 + 8, s.rows[g] - 8);
+  }
+}
+
+template <DType D>
+void run_dtype(const Task& t) {
+  Streams<void> s = open_streams<void>(t);
+  const ExpandTables& tab = tables();
+  const int64_t units = units_per_strip(t.w->k);
+  float* tile = t.scratch + t.tokens * G * 32;
+  for (int64_t u0 = 0; u0 < units; u0 += kTileUnits) {
+    const int64_t nu = std::min(kTileUnits, units - u0);
+    for (int64_t u = 0; u < nu; ++u)
+      for (int g = 0; g < G; ++g) expand_unit<D>(s.masks[g][u0 + u], s.vals[g], tile + (u * G + g) * 32, tab);
+    const bool first = u0 == 0, last = u0 + nu == units;
+    for (int g = 0; g < G; ++g) {
+      if (!s.rows[g]) continue;
+      for (int64_t tok = 0; tok < t.tokens; tok += kBlock) {
+        switch (std::min<int64_t>(kBlock, t.tokens - tok)) {
+          case 1: strip_tokens<D, 1>(t, s, g, tok, u0, nu, tile, first, last); break;
+          case 2: strip_tokens<D, 2>(t, s, g, tok, u0, nu, tile, first, last); break;
+          default: strip_tokens<D, 3>(t, s, g, tok, u0, nu, tile, first, last); break;
+        }
+      }
+    }
+  }
+}
+
+void run(const Task& t) {
+  switch (t.w->dtype) {
+    case DType::bf16: return run_dtype<DType::bf16>(t);
+    case DType::f16: return run_dtype<DType::f16>(t);
+    default: return run_dtype<DType::f32>(t);
+  }
+}
+
+int64_t scratch_floats(int64_t tokens) { return tokens * G * 32 + kTileUnits * G * 32; }
+
+template <DType D>
+void pack_x_rows(const void* x, int64_t x_stride, int64_t n, int64_t k, int64_t kp, float* out) {
+  constexpr int kBytes = D == DType::f32 ? 4 : 2;
+  for (int64_t t = 0; t < n; ++t) {
+    const char* src = static_cast<const char*>(x) + t * x_stride * kBytes;
+    float* dst = out + t * kp;
+    int64_t c = 0;
+    for (; c + 8 <= k; c += 8) _mm256_storeu_ps(dst + c, load8<D>(src + c * kBytes));
+    if (c < k) {
+      alignas(32) char buf[32] = {};
+      std::memcpy(buf, src + c * kBytes, size_t(k - c) * kBytes);
+      _mm256_storeu_ps(dst + c, load8<D>(buf));
+      c += 8;
+    }
+    std::fill(dst + std::min(c, kp), dst + kp, 0.0f);
+  }
+}
+
+void pack_x(const void* x, int64_t x_stride, DType dtype, int64_t n, int64_t k, int64_t kp, void* out) {
+  float* o = static_cast<float*>(out);
+  switch (dtype) {
+    case DType::bf16: return pack_x_rows<DType::bf16>(x, x_stride, n, k, kp, o);
+    case DType::f16: return pack_x_rows<DType::f16>(x, x_stride, n, k, kp, o);
+    default: return pack_x_rows<DType::f32>(x, x_stride, n, k, kp, o);
+  }
+}
+
+}  // namespace
+
+const CpuKernels& avx2_kernels() {
+  static const CpuKernels k = {"avx2", false, pack_x, run, scratch_floats};
+  return k;
+}
+
+}  // namespace detail
+}  // namespace sparse
+}  // namespace fastops
