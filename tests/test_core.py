@@ -87,7 +87,7 @@ def test_cli_check_passes_everywhere_available():
         assert "CUDA: skipped" in out.stdout
 
 
-@pytest.mark.parametrize("family", ["lut", "bitgemm", "trie"])
+@pytest.mark.parametrize("family", ["lut", "bitgemm", "sparse", "trie"])
 def test_cuda_kernel_index_math_on_cpu(family):
     """The CUDA kernels' layout / fragment / bank / vector-split math, checked on the host (no GPU needed)."""
     failures, report = getattr(_C, f"_{family}_cuda_layout_selftest")()

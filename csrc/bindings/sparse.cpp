@@ -10,6 +10,7 @@
 
 #include "bindings/binding_utils.h"
 #include "sparse/sparse.h"
+#include "sparse/sparse_cuda_layout_test.h"
 
 namespace fastops {
 namespace bind {
@@ -195,6 +196,11 @@ void register_sparse(nb::module_& m) {
         "Writes the masks and values of W given the offsets computed from sparse_pack_count");
   m.def("sparse_cpu_kernel_name", [] { return sparse::cpu_kernel_name(); },
         "The ISA of the CPU SpMM kernels in use: avx512, avx2 or scalar");
+  m.def("_sparse_cuda_layout_selftest", [] {
+    std::string report;
+    int failures = sparse::cuda_layout_selftest(&report);
+    return nb::make_tuple(failures, report);
+  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
 }
 
 }  // namespace bind

@@ -93,68 +93,78 @@ inline void store_rows(__m512 v, const Task& t, int64_t token, int64_t r0, int r
 }
 
 // ---- bf16 weights: VDPBF16PS ---------------------------------------------------------------------
-// Accumulates units [u0, u0 + nu) into acc[g][t] for NT tokens; next(w) yields the next unit of every
-// strip (decoded or loaded from the tile).
-template <int NT, class Next>
-inline void bf16_block(int64_t nu, int64_t u0, const uint32_t* const* xrows, __m512 (&acc)[G][kBf16Block],
-                       Next&& next) {
+// Strips [g0, g0 + GS) of the group x NT tokens: acc[g][t] accumulates units [u0, u0 + nu); next(w)
+// yields the next unit of each of those strips (decoded in place or loaded from the tile).
+template <int GS, int NT, class Next>
+inline void bf16_block(int64_t nu, int64_t u0, const uint32_t* const* xrows, __m512 (&acc)[GS][NT], Next&& next) {
   for (int64_t u = u0; u < u0 + nu; ++u) {
-    __m512i w[G];
+    __m512i w[GS];
     next(w);
     for (int t = 0; t < NT; ++t) {
       const __m512i b = _mm512_set1_epi32(int(xrows[t][u]));
-      for (int g = 0; g < G; ++g) acc[g][t] = _mm512_dpbf16_ps(acc[g][t], (__m512bh)w[g], (__m512bh)b);
+      for (int g = 0; g < GS; ++g) acc[g][t] = _mm512_dpbf16_ps(acc[g][t], (__m512bh)w[g], (__m512bh)b);
     }
   }
 }
 
-template <int NT>
-void bf16_tokens(const Task& t, Streams<uint16_t>& s, int64_t tok, int64_t u0, int64_t nu, const __m512i* tile,
-                 bool first, bool last) {
-  const uint32_t* xrows[kBf16Block];
+template <int GS, int NT>
+void bf16_tokens(const Task& t, Streams<uint16_t>& s, int g0, int64_t tok, int64_t u0, int64_t nu,
+                 const __m512i* tile, bool first, bool last) {
+  const uint32_t* xrows[NT];
   for (int i = 0; i < NT; ++i)
     xrows[i] = static_cast<const uint32_t*>(t.x.data) + (t.token0 + tok + i) * (t.x.stride / 2);
-  __m512 acc[G][kBf16Block];
+  __m512 acc[GS][NT];
   float* partial = t.scratch + tok * G * 16;
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < NT; ++i) acc[g][i] = first ? _mm512_setzero_ps() : _mm512_load_ps(partial + (i * G + g) * 16);
+  for (int g = 0; g < GS; ++g)
+    for (int i = 0; i < NT; ++i)
+      acc[g][i] = first ? _mm512_setzero_ps() : _mm512_load_ps(partial + (i * G + g0 + g) * 16);
   if (tile) {
-    const __m512i* p = tile;
-    bf16_block<NT>(nu, u0, xrows, acc, [&](__m512i(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = _mm512_load_si512(p + g);
+    const __m512i* p = tile + g0;
+    bf16_block(nu, u0, xrows, acc, [&](__m512i(&w)[GS]) {
+      for (int g = 0; g < GS; ++g) w[g] = _mm512_load_si512(p + g);
       p += G;
     });
   } else {
-    int64_t u = u0;
-    bf16_block<NT>(nu, u0, xrows, acc, [&](__m512i(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = expand16(s.masks[g][u], s.vals[g]);
-      ++u;
+    // Stream state in locals: through `s` every pointer bump would be a store.
+    const uint32_t* masks[GS];
+    const uint16_t* vals[GS];
+    for (int g = 0; g < GS; ++g) masks[g] = s.masks[g0 + g] + u0, vals[g] = s.vals[g0 + g];
+    bf16_block(nu, u0, xrows, acc, [&](__m512i(&w)[GS]) {
+      for (int g = 0; g < GS; ++g) w[g] = expand16(*masks[g]++, vals[g]);
     });
+    for (int g = 0; g < GS; ++g) s.vals[g0 + g] = vals[g];
   }
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < GS; ++g)
     for (int i = 0; i < NT; ++i) {
       if (!last) {
-        _mm512_store_ps(partial + (i * G + g) * 16, acc[g][i]);
-      } else if (s.rows[g]) {
-        store_rows(acc[g][i], t, tok + i, (t.strip0 + g) * kStripRows, s.rows[g]);
+        _mm512_store_ps(partial + (i * G + g0 + g) * 16, acc[g][i]);
+      } else if (s.rows[g0 + g]) {
+        store_rows(acc[g][i], t, tok + i, (t.strip0 + g0 + g) * kStripRows, s.rows[g0 + g]);
       }
     }
 }
 
-template <int NT>
-void bf16_tokens_dispatch(int nt, const Task& t, Streams<uint16_t>& s, int64_t tok, int64_t u0, int64_t nu,
+// nt in [NTmin, NT]: the instantiation for exactly nt tokens.
+template <int GS, int NT, int NTmin>
+void bf16_tokens_dispatch(int nt, const Task& t, Streams<uint16_t>& s, int g0, int64_t tok, int64_t u0, int64_t nu,
                           const __m512i* tile, bool first, bool last) {
-  if constexpr (NT > 1) {
-    if (nt < NT) return bf16_tokens_dispatch<NT - 1>(nt, t, s, tok, u0, nu, tile, first, last);
+  if constexpr (NT > NTmin) {
+    if (nt < NT) return bf16_tokens_dispatch<GS, NT - 1, NTmin>(nt, t, s, g0, tok, u0, nu, tile, first, last);
   }
-  bf16_tokens<NT>(t, s, tok, u0, nu, tile, first, last);
+  bf16_tokens<GS, NT>(t, s, g0, tok, u0, nu, tile, first, last);
 }
 
 void run_bf16(const Task& t) {
   Streams<uint16_t> s = open_streams<uint16_t>(t);
   const int64_t units = units_per_strip(t.w->k);
-  if (t.tokens <= kBf16Block) {  // decode straight into the multiply
-    bf16_tokens_dispatch<kBf16Block>(int(t.tokens), t, s, 0, 0, units, nullptr, true, true);
+  const int nt = int(std::min<int64_t>(t.tokens, 2 * kBf16Block));
+  if (t.tokens <= kBf16Block) {  // decode straight into the multiply: all strips x up to 4 tokens
+    bf16_tokens_dispatch<G, kBf16Block, 1>(nt, t, s, 0, 0, 0, units, nullptr, true, true);
+    return;
+  }
+  if (t.tokens <= 2 * kBf16Block) {  // the same, half the strips at a time x up to 8 tokens
+    for (int g0 = 0; g0 < G; g0 += G / 2)
+      bf16_tokens_dispatch<G / 2, 2 * kBf16Block, kBf16Block + 1>(nt, t, s, g0, 0, 0, units, nullptr, true, true);
     return;
   }
   // Expand a chunk of units once into the tile, then run every token block over it.
@@ -164,8 +174,8 @@ void run_bf16(const Task& t) {
     for (int64_t u = u0; u < u0 + nu; ++u)
       for (int g = 0; g < G; ++g) _mm512_store_si512(tile + (u - u0) * G + g, expand16(s.masks[g][u], s.vals[g]));
     for (int64_t tok = 0; tok < t.tokens; tok += kBf16Block)
-      bf16_tokens_dispatch<kBf16Block>(int(std::min<int64_t>(kBf16Block, t.tokens - tok)), t, s, tok, u0, nu, tile,
-                                       u0 == 0, u0 + nu == units);
+      bf16_tokens_dispatch<G, kBf16Block, 1>(int(std::min<int64_t>(kBf16Block, t.tokens - tok)), t, s, 0, tok, u0, nu,
+                                            tile, u0 == 0, u0 + nu == units);
   }
 }
 

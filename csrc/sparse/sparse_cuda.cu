@@ -11,7 +11,7 @@
 //    + a warp scan give every unit's value offset; per k16 step each lane shuffles in the masks / offsets of
 //    its two units and builds its A registers from its rows' bits (zero where clear). B comes from the x
 //    tile by ldmatrix.x4; mma.sync.m16n8k16 accumulates in fp32.
-//  * spmm_kernel<f32, NT> ("spmm_simt_kernel"): the same pipeline and decode; lane l owns row l % 16 and
+//  * spmm_kernel<f32, NT> ("spmm_simt_kernel"): the same pipeline (3 stages) and decode; lane l owns row l % 16 and
 //    4 NT tokens and accumulates with fp32 FMA on CUDA cores (no tf32 anywhere).
 //  * spmm_splitk_reduce_kernel: sums the fp32 split-K partials in split order (deterministic), adds bias,
 //    converts. With one split the main kernel's epilogue writes y directly.
@@ -154,8 +154,8 @@ struct MmaChunk {
   }
 
   // The 32-bit A register of a column pair: low half the even column.
-  static __device__ __forceinline__ uint32_t value_pair(const uint16_t* win, uint32_t mask, int unit_offset,
-                                                        int head, int bit0) {
+  static __device__ __forceinline__ uint32_t value_pair(const uint16_t* win, uint32_t mask, int unit_offset, int head,
+                                                        int bit0) {
     const PairSlots s = pair_slots(mask, unit_offset, head, bit0);
     const uint32_t lo = s.has_lo ? win[s.lo] : 0u;
     const uint32_t hi = s.has_hi ? win[s.hi] : 0u;
@@ -258,8 +258,8 @@ struct SimtChunk {
 // One warp's strip within the current tile.
 struct StripState {
   int64_t strip;
-  int64_t value_begin;  // strip_offsets[strip]
-  int strip_values;     // values of the strip: bound(C)
+  int64_t value_begin;          // strip_offsets[strip]
+  int strip_values;             // values of the strip: bound(C)
   int bounds_cur, bounds_next;  // chunk bounds of batches bound_batch(j) and bound_batch(j) + 1
   uint32_t heads;               // window head of each stage (set_stage_head)
 };
@@ -297,8 +297,7 @@ __device__ __forceinline__ void stage_x(const SpmmArgs& a, unsigned char* xs, in
 // whole block, masks and values by each active warp.
 template <DType D, int NT>
 __device__ __forceinline__ void issue_chunk(const SpmmArgs& a, unsigned char* smem, StripState& st, bool active,
-                                            int64_t chunk0, int nchunks, int j, int64_t token0, int warp,
-                                            int lane) {
+                                            int64_t chunk0, int nchunks, int j, int64_t token0, int warp, int lane) {
   constexpr int esz = kElemBytes<D>;
   const int stage = j % pipeline_stages(esz);
   unsigned char* base = smem + stage * stage_bytes(esz, NT);
@@ -483,7 +482,8 @@ void validate_spmm(const SpmmProblem& p) {
   if (p.n > 1 && p.x_stride < w.k) bad_argument(fn, "x_stride must be >= k");
   if (w.masks == nullptr || !aligned(w.masks, 4) || w.chunk_offsets == nullptr || !aligned(w.chunk_offsets, 4))
     bad_argument(fn, "null or misaligned masks / chunk_offsets");
-  if (w.values == nullptr || !aligned(w.values, esz)) bad_argument(fn, "values must be a non-null, element-aligned pointer");
+  if (w.values == nullptr || !aligned(w.values, esz))
+    bad_argument(fn, "values must be a non-null, element-aligned pointer");
 }
 
 SpmmPlan spmm_plan(const SpmmProblem& p) {
@@ -514,8 +514,12 @@ void launch_spmm(const SpmmArgs& args, cudaStream_t stream) {
 template <DType D>
 void run_spmm(const SpmmArgs& args, int sms, cudaStream_t stream) {
   switch (args.plan.ntiles) {
-    case 1: launch_spmm<D, 1>(args, stream); break;
-    case 2: launch_spmm<D, 2>(args, stream); break;
+    case 1:
+      launch_spmm<D, 1>(args, stream);
+      break;
+    case 2:
+      launch_spmm<D, 2>(args, stream);
+      break;
     default:
       if constexpr (D == DType::f32)
         throw std::logic_error("fastops: sparse spmm_cuda: fp32 plan with more than 2 n8 tiles");

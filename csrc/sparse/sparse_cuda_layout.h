@@ -24,12 +24,12 @@ FASTOPS_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 constexpr int kWarpSize = 32;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kGranuleBytes = 16;                          // one cp.async
-constexpr int kStepCols = 16;                              // k of one m16n8k16 MMA
-constexpr int kStepsPerChunk = kChunkCols / kStepCols;     // 4
-constexpr int kUnitsPerStep = kStepCols / kUnitCols;       // 8
-constexpr int kNTileTokens = 8;                            // n of one MMA: tokens
-constexpr int kMaskBytes = kUnitsPerChunk * 4;             // 128: the masks of one chunk
+constexpr int kGranuleBytes = 16;                             // one cp.async
+constexpr int kStepCols = 16;                                 // k of one m16n8k16 MMA
+constexpr int kStepsPerChunk = kChunkCols / kStepCols;        // 4
+constexpr int kUnitsPerStep = kStepCols / kUnitCols;          // 8
+constexpr int kNTileTokens = 8;                               // n of one MMA: tokens
+constexpr int kMaskBytes = kUnitsPerChunk * 4;                // 128: the masks of one chunk
 constexpr int kMaxChunkValues = kUnitsPerChunk * kUnitElems;  // 1024: a fully dense chunk
 
 // ---------------------------------------------------------------------------------------------------
@@ -141,7 +141,9 @@ FASTOPS_HD int ldsm_b_reg(int reg) { return reg % 2; }
 // Shared-memory stage: [kWarps masks of 128 B][kWarps value windows][x tile]. All parts 16-byte aligned.
 FASTOPS_HD constexpr int pipeline_stages(int esz) { return esz == 4 ? 3 : 4; }
 FASTOPS_HD constexpr int stage_mask_offset(int warp) { return warp * kMaskBytes; }
-FASTOPS_HD constexpr int stage_window_offset(int warp, int esz) { return kWarps * kMaskBytes + warp * window_bytes(esz); }
+FASTOPS_HD constexpr int stage_window_offset(int warp, int esz) {
+  return kWarps * kMaskBytes + warp * window_bytes(esz);
+}
 FASTOPS_HD constexpr int stage_x_offset(int esz) { return kWarps * (kMaskBytes + window_bytes(esz)); }
 FASTOPS_HD constexpr int stage_bytes(int esz, int ntiles) { return stage_x_offset(esz) + x_tile_bytes(esz, ntiles); }
 FASTOPS_HD constexpr int smem_bytes(int esz, int ntiles) { return pipeline_stages(esz) * stage_bytes(esz, ntiles); }

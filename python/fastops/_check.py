@@ -6,9 +6,12 @@ import time
 
 import torch
 
-from . import _C, bitgemm, cuda_available, lut, trie
+import warnings
+
+from . import _C, bitgemm, cuda_available, lut, sparse, trie
 from .reference import bitgemm as bitgemm_ref
 from .reference import lut as lut_ref
+from .reference import sparse as sparse_ref
 from .reference import trie as trie_ref
 
 
@@ -97,11 +100,37 @@ def _trie_check(device, sequences, eos, gen) -> tuple[bool, str]:
     return bad == 0, f"{len(allowed)} rows, {bad} mismatching (mask, bitmask, candidates, advance)"
 
 
+def _sparse_cases():
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for sparsity in (0.0, 0.7, 0.95):
+            w = torch.randn(67, 200, generator=gen)
+            w[torch.rand(67, 200, generator=gen) < sparsity] = 0
+            x = torch.randn(9, 200, generator=gen)
+            yield f"spmm {str(dtype).replace('torch.', '')} {sparsity:.0%} sparse", w.to(dtype), x.to(dtype)
+
+
+def _sparse_check(device, w, x) -> tuple[bool, str]:
+    """pack (exact round trip, offsets consistent) and spmm elementwise against the float64 product."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sparse.SparsityWarning)
+        sw = sparse.pack(w.to(device))
+    sw.validate()
+    exact = torch.equal(sw.to_dense().cpu(), w)
+    y = sparse.spmm(x.to(device), sw)
+    ref, scale = sparse_ref.spmm(x, w)
+    bound = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[w.dtype]
+    worst = float(((y.cpu().double() - ref).abs() / (bound * scale + 1e-30)).max())
+    ok = exact and worst <= 1 and y.dtype == w.dtype
+    return ok, f"pack {'exact' if exact else 'MISMATCH'}, worst error {worst:.2f} x the bound"
+
+
 def run_checks(devices=None) -> list[tuple[str, str, bool, str]]:
     if devices is None:
         devices = ["cpu"] + (["cuda"] if cuda_available() else [])
     cases = [(name, _lut_check, args) for name, *args in _lut_cases()]
     cases += [(name, _bitgemm_check, args) for name, *args in _bitgemm_cases()]
+    cases += [(name, _sparse_check, args) for name, *args in _sparse_cases()]
     cases += [(name, _trie_check, args) for name, *args in _trie_cases()]
     rows = []
     for device in devices:
