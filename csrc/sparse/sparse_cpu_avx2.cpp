@@ -17,7 +17,7 @@ namespace detail {
 namespace {
 
 constexpr int G = kGroupStrips;
-constexpr int64_t kTileUnits = 64;
+constexpr int64_t kTileUnits = 32;  // 32 units x 4 strips x 128 bytes: half of L1
 constexpr int kBlock = 3;  // tokens per register block: 4 x 3 accumulators + 3 broadcasts
 
 // Shuffles that expand the values of one mask byte (elements 2 r + j, r < 4) to 8 slots.
@@ -100,6 +100,23 @@ void store_rows8(__m256 v, const Task& t, int64_t token, int64_t r0, int rows) {
   std::memcpy(row + r0 * kBytes, buf, size_t(rows) * kBytes);
 }
 
+// acc[i][q] += tile unit u (rows 4q..4q+3 of one strip, stride G units) x the pair of token i, u < nu.
+// Kept apart from its caller so the accumulators stay in registers (GCC spilled them every unit when
+// this loop shared a function with the epilogue).
+template <int NT>
+inline void multiply_tile(const float* tile, int64_t nu, const float* const* xrows, int64_t u0, __m256 (&acc)[NT][4]) {
+  for (int64_t u = 0; u < nu; ++u) {
+    const float* w = tile + u * G * 32;
+    __m256 b[NT];
+    for (int i = 0; i < NT; ++i)
+      b[i] = _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xrows[i] + 2 * (u0 + u))));
+    for (int q = 0; q < 4; ++q) {
+      const __m256 wq = _mm256_load_ps(w + 8 * q);
+      for (int i = 0; i < NT; ++i) acc[i][q] = _mm256_fmadd_ps(wq, b[i], acc[i][q]);
+    }
+  }
+}
+
 // One strip x NT tokens over tile units [0, nu).
 template <DType D, int NT>
 void strip_tokens(const Task& t, const Streams<void>& s, int g, int64_t tok, int64_t u0, int64_t nu,
@@ -111,15 +128,7 @@ void strip_tokens(const Task& t, const Streams<void>& s, int g, int64_t tok, int
   for (int i = 0; i < NT; ++i)
     for (int q = 0; q < 4; ++q)
       acc[i][q] = first ? _mm256_setzero_ps() : _mm256_load_ps(partial + (i * G + g) * 32 + 8 * q);
-  for (int64_t u = 0; u < nu; ++u) {
-    const float* w = tile + (u * G + g) * 32;
-    __m256 b[NT];
-    for (int i = 0; i < NT; ++i) b[i] = _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xrows[i] + 2 * (u0 + u))));
-    for (int q = 0; q < 4; ++q) {
-      const __m256 wq = _mm256_load_ps(w + 8 * q);
-      for (int i = 0; i < NT; ++i) acc[i][q] = _mm256_fmadd_ps(wq, b[i], acc[i][q]);
-    }
-  }
+  multiply_tile<NT>(tile + g * 32, nu, xrows, u0, acc);
   for (int i = 0; i < NT; ++i) {
     if (!last) {
       for (int q = 0; q < 4; ++q) _mm256_store_ps(partial + (i * G + g) * 32 + 8 * q, acc[i][q]);
