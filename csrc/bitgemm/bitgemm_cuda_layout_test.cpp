@@ -35,22 +35,16 @@ const char* fmt_name(Format f) {
 }
 constexpr Format kFormats[3] = {Format::unsigned_int, Format::signed_int, Format::bipolar};
 
-int popc(uint32_t v) {
-  int n = 0;
-  for (; v; v &= v - 1) ++n;
-  return n;
-}
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using selftest::cdiv;
+using selftest::gid;
+using selftest::popc;
+using selftest::RC;
+using selftest::tig;
 
 // ---------------------------------------------------------------------------------------------------
 // PTX ISA definitions (section "Matrix Fragments for mma.m16n8k256 / mma.m16n8k128", .b1 types):
 // groupID = laneid >> 2, threadID_in_group = laneid % 4; fragment element i of a lane is bit i % 32 of
 // its register i / 32.
-struct RC {
-  int row, col;
-};
-int gid(int lane) { return lane >> 2; }
-int tig(int lane) { return lane % 4; }
 // m16n8k256 A (16 x 256, a0..a127): (row, k).
 RC ptx_a256(int lane, int i) {
   const bool plus8 = (i >= 32 && i < 64) || i >= 96;

@@ -1,6 +1,7 @@
 // Counting assertions for the host-side selftests of CUDA index math (csrc/<family>/*_cuda_layout_test.cpp):
 // they run from pytest through the bindings and return failures + a report instead of aborting.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace fastops {
@@ -14,4 +15,23 @@ struct SelfTestChecker {
   }
 };
 
+// Independent definitions the selftests compare kernel helpers with (written from the ISA, not shared
+// with any kernel).
+namespace selftest {
+
+inline int popc(uint32_t v) {
+  int n = 0;
+  for (; v; v &= v - 1) ++n;
+  return n;
+}
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// PTX mma fragments: groupID = laneid >> 2, threadID_in_group = laneid % 4.
+struct RC {
+  int row, col;
+};
+inline int gid(int lane) { return lane >> 2; }
+inline int tig(int lane) { return lane % 4; }
+
+}  // namespace selftest
 }  // namespace fastops

@@ -34,21 +34,15 @@ constexpr int kLanes = 32;
 const double kPoison = std::numeric_limits<double>::quiet_NaN();
 
 std::string str(int64_t v) { return std::to_string(v); }
-int popc(uint32_t v) {
-  int n = 0;
-  for (; v; v &= v - 1) ++n;
-  return n;
-}
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using selftest::cdiv;
+using selftest::gid;
+using selftest::popc;
+using selftest::RC;
+using selftest::tig;
 
 // ---------------------------------------------------------------------------------------------------
 // PTX ISA definitions ("Matrix Fragments for mma.m16n8k16 with floating point type"): groupID = lane >> 2,
 // threadID_in_group = lane % 4; fragment element i of a lane is half i % 2 of its register i / 2.
-struct RC {
-  int row, col;
-};
-int gid(int lane) { return lane >> 2; }
-int tig(int lane) { return lane % 4; }
 // A (16 x 16, a0..a7): (row, col).
 RC ptx_a(int lane, int i) { return {gid(lane) + ((i % 4) >= 2 ? 8 : 0), tig(lane) * 2 + (i & 1) + (i >= 4 ? 8 : 0)}; }
 // B (16 x 8, b0..b3): (k, col).

@@ -49,14 +49,6 @@ FASTOPS_HD int unit_bit(int row_in_strip, int col_in_unit) { return row_in_strip
 FASTOPS_HD int bit_row(int bit) { return bit / kUnitCols; }
 FASTOPS_HD int bit_col(int bit) { return bit % kUnitCols; }
 
-FASTOPS_HD int popcount32(uint32_t v) {
-#if defined(__CUDA_ARCH__)
-  return __popc(v);
-#else
-  return __builtin_popcount(v);
-#endif
-}
-
 // Position of element `bit` among the unit's stored values (valid when the bit is set).
 FASTOPS_HD int value_rank(uint32_t mask, int bit) {
   return popcount32(bit == 0 ? 0u : mask & (0xffffffffu >> (32 - bit)));
