@@ -101,8 +101,8 @@ def test_format_bytes_stay_within_the_bitmap_budget(gen):
 def test_state_dict_save_load_and_validate(gen, tmp_path):
     sw = sparse.pack(_pruned(gen, 50, 300, 0.7, torch.bfloat16))
     path = tmp_path / "w.pt"
-    torch.save(sw.state_dict(), path)
-    back = sparse.SparseWeight.from_state_dict(torch.load(path))
+    sw.save(path)
+    back = sparse.SparseWeight.load(path)
     assert torch.equal(back.to_dense(), sw.to_dense()) and back.nbytes == sw.nbytes
     assert torch.equal(sw.to("cpu").values, sw.values)
     bad = dict(sw.state_dict())

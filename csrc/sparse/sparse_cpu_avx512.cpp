@@ -22,7 +22,8 @@ namespace {
 
 constexpr int G = kGroupStrips;
 constexpr int64_t kTileUnits = 64;  // units per strip expanded into the tile at a time
-constexpr int kBf16Block = 4;       // tokens per register block: G x 4 accumulators
+constexpr int kBf16Block = 4;       // tokens per register block when decoding in the loop: G x 4 accumulators
+constexpr int kBf16TileBlock = 6;   // tokens per register block over the tile: G x 6 accumulators
 constexpr int kPairBlock = 2;       // fp32 pairs: G x 2 x 2 accumulators
 
 inline uint32_t load_u32(const void* p) {
@@ -173,9 +174,9 @@ void run_bf16(const Task& t) {
     const int64_t nu = std::min(kTileUnits, units - u0);
     for (int64_t u = u0; u < u0 + nu; ++u)
       for (int g = 0; g < G; ++g) _mm512_store_si512(tile + (u - u0) * G + g, expand16(s.masks[g][u], s.vals[g]));
-    for (int64_t tok = 0; tok < t.tokens; tok += kBf16Block)
-      bf16_tokens_dispatch<G, kBf16Block, 1>(int(std::min<int64_t>(kBf16Block, t.tokens - tok)), t, s, 0, tok, u0, nu,
-                                            tile, u0 == 0, u0 + nu == units);
+    for (int64_t tok = 0; tok < t.tokens; tok += kBf16TileBlock)
+      bf16_tokens_dispatch<G, kBf16TileBlock, 1>(int(std::min<int64_t>(kBf16TileBlock, t.tokens - tok)), t, s, 0, tok,
+                                                u0, nu, tile, u0 == 0, u0 + nu == units);
   }
 }
 

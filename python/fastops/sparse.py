@@ -167,6 +167,13 @@ class SparseWeight:
         return {"masks": self.masks, "values": self.values, "strip_offsets": self.strip_offsets,
                 "chunk_offsets": self.chunk_offsets, "shape": torch.tensor(self.shape, dtype=torch.int64)}
 
+    def save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path, map_location=None) -> "SparseWeight":
+        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+
     @classmethod
     def from_state_dict(cls, state: dict) -> "SparseWeight":
         """Rebuilds a weight from state_dict(), checking every offset against the masks."""
