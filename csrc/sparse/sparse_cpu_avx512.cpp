@@ -38,7 +38,12 @@ inline double load_f64(const void* p) {
   return v;
 }
 
+// Values this far ahead of a stream are prefetched: the hardware prefetchers alone leave ~20% of the
+// read bandwidth unused at 50-70% sparsity with 4-8 streams per core (Zen 4).
+constexpr int kPrefetchBytes = 1024;
+
 inline __m512i expand16(uint32_t mask, const uint16_t*& p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
   const __m512i v = _mm512_maskz_expand_epi16(mask, _mm512_loadu_si512(p));
   p += __builtin_popcount(mask);
   return v;
@@ -54,6 +59,7 @@ inline PairUnit expand_pairs(uint32_t mask, const void*& pv) {
   PairUnit u;
   if constexpr (D == DType::f32) {
     const float* p = static_cast<const float*>(pv);
+    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
     const uint32_t mlo = mask & 0xffffu, mhi = mask >> 16;
     u.lo = _mm512_maskz_expand_ps(__mmask16(mlo), _mm512_loadu_ps(p));
     p += __builtin_popcount(mlo);
