@@ -60,6 +60,7 @@ def test_pack_matches_reference_encoder(gen, device, dtype, m, k, sparsity):
     assert np.array_equal(sw.strip_offsets.cpu().numpy(), strip_offsets)
     assert np.array_equal(sw.chunk_offsets.cpu().numpy(), chunk_offsets)
     assert torch.equal(sw.to_dense().cpu(), w)
+    assert torch.equal(sw._to_dense_torch().cpu(), w)  # the path CUDA weights take, checked everywhere
     np.testing.assert_array_equal(ref.decode(sw), w.double().numpy())
     assert sw.shape == (m, k) and sw.dtype == dtype and sw.device.type == device
     assert sw.nnz == int((w != 0).sum()) and sw.sparsity == pytest.approx(1 - sw.nnz / (m * k))
@@ -312,6 +313,8 @@ def test_opcheck(gen):
                     (torch.randn(2, 3, 96, generator=gen, requires_grad=True), torch.randn(24, generator=gen))):
         torch.library.opcheck(torch.ops.fastops.spmm.default,
                               (x, sw.masks, sw.values, sw.strip_offsets, sw.chunk_offsets, bias, 24, 96))
+    torch.library.opcheck(torch.ops.fastops.sparse_to_dense.default,
+                          (sw.masks, sw.values, sw.strip_offsets, sw.chunk_offsets, 24, 96))
 
 
 def test_gradient_wrt_x_and_bias(gen):

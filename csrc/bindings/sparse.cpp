@@ -177,9 +177,30 @@ void sparse_pack_fill(Array w, Array masks, Array values, Array strip_offsets, A
 #endif
 }
 
+// The CPU inverse of pack (CUDA unpacks with torch ops in python/fastops/sparse.py).
+void sparse_unpack(Array masks, Array values, Array strip_offsets, Array chunk_offsets, int64_t m, int64_t k,
+                   Array dense, int nthreads) {
+  constexpr const char* kUnpack = "sparse.to_dense";
+  const sparse::Weight w = make_weight(kUnpack, masks, values, strip_offsets, chunk_offsets, m, k, true);
+  if (device_of(masks, kUnpack, "w") != Device::cpu) fail(kUnpack, "the binding unpacks CPU weights only");
+  if (float_dtype(dense, kUnpack, "dense") != w.dtype) throw_type(std::string(kUnpack) + ": dense must have the dtype of values");
+  if (dense.ndim() != 2 || int64_t(dense.shape(0)) != m || int64_t(dense.shape(1)) != k || (k > 1 && dense.stride(1) != 1) ||
+      dense.stride(0) < k)
+    fail(kUnpack, "dense must have shape [" + std::to_string(m) + ", " + std::to_string(k) + "] with unit stride along k");
+  expect_same_device(masks, dense, kUnpack, "w", "dense");
+  const int64_t nnz = w.strip_offsets[sparse::num_strips(m)];
+  if (nnz < 0 || int64_t(values.size()) < nnz + sparse::kValuePad)
+    fail(kUnpack, "values must hold strip_offsets[-1] + " + std::to_string(sparse::kValuePad) + " elements");
+  nb::gil_scoped_release nogil;
+  sparse::unpack_cpu(w, dense.data(), dense.stride(0), nthreads);
+}
+
 }  // namespace
 
 void register_sparse(nb::module_& m) {
+  m.def("sparse_unpack", &sparse_unpack, nb::arg("masks").noconvert(), nb::arg("values").noconvert(),
+        nb::arg("strip_offsets").noconvert(), nb::arg("chunk_offsets").noconvert(), nb::arg("m"), nb::arg("k"),
+        nb::arg("dense").noconvert(), nb::arg("nthreads") = 1, "dense[m, k] = the weight (CPU)");
   m.def("sparse_spmm", &sparse_spmm, nb::arg("x").noconvert(), nb::arg("masks").noconvert(),
         nb::arg("values").noconvert(), nb::arg("strip_offsets").noconvert(), nb::arg("chunk_offsets").noconvert(),
         nb::arg("m"), nb::arg("k"), nb::arg("bias").noconvert().none(), nb::arg("y").noconvert(),

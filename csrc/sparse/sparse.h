@@ -50,6 +50,8 @@ void spmm_cpu(const SpmmProblem& p, int nthreads);
 std::string cpu_kernel_name();
 void pack_count_cpu(const PackProblem& p, int32_t* chunk_counts, int nthreads);
 void pack_fill_cpu(const PackProblem& p, const Weight& out, uint32_t* masks, void* values, int nthreads);
+// The inverse: dense[r * dense_stride + c] = W[r, c] for r < w.m, c < w.k (zeros included), in w.dtype.
+void unpack_cpu(const Weight& w, void* dense, int64_t dense_stride, int nthreads);
 
 // CUDA: runs on `stream` (a cudaStream_t as an integer) on the current device. `workspace` is device
 // memory of at least spmm_cuda_workspace_bytes(p) bytes (nullptr when that is 0).

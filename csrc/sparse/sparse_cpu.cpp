@@ -216,6 +216,21 @@ void fill_strip(const PackProblem& p, const Weight& out, int64_t s, uint32_t* ma
   }
 }
 
+template <class Bits>
+void unpack_strip(const Weight& w, int64_t s, Bits* dense, int64_t stride) {
+  const int64_t units = units_per_strip(w.k), rows = std::min<int64_t>(kStripRows, w.m - s * kStripRows);
+  for (int64_t r = 0; r < rows; ++r) {
+    Bits* row = dense + (s * kStripRows + r) * stride;
+    std::fill(row, row + w.k, Bits(0));
+  }
+  const Bits* v = static_cast<const Bits*>(w.values) + w.strip_offsets[s];
+  for (int64_t u = 0; u < units; ++u)
+    for (uint32_t mask = w.masks[s * units + u]; mask; mask &= mask - 1) {
+      const int bit = __builtin_ctz(mask);  // bits in value order; padding bits are never set
+      dense[(s * kStripRows + bit_row(bit)) * stride + u * kUnitCols + bit_col(bit)] = *v++;
+    }
+}
+
 template <class F>
 void for_strips(const PackProblem& p, int nthreads, F&& f) {
   parallel_for(num_strips(p.m), 1, nthreads, [&](int64_t b, int64_t e) {
@@ -241,6 +256,16 @@ void pack_fill_cpu(const PackProblem& p, const Weight& out, uint32_t* masks, voi
   });
   const int64_t elem = p.dtype == DType::f32 ? 4 : 2;
   std::memset(static_cast<char*>(values) + nnz * elem, 0, size_t(kValuePad * elem));
+}
+
+void unpack_cpu(const Weight& w, void* dense, int64_t dense_stride, int nthreads) {
+  PackProblem shape;
+  shape.m = w.m;
+  shape.k = w.k;
+  for_strips(shape, nthreads, [&](int64_t s) {
+    if (w.dtype == DType::f32) unpack_strip(w, s, static_cast<uint32_t*>(dense), dense_stride);
+    else unpack_strip(w, s, static_cast<uint16_t*>(dense), dense_stride);
+  });
 }
 
 }  // namespace sparse

@@ -36,7 +36,9 @@ def info() -> dict:
         "cpu_isa": _C.active_isa(),
         "cpu_threads": torch.get_num_threads(),
         "kernels": {"lut_gemm (cpu)": _C.lut_cpu_kernel_name(False),
-                    "lut_gemm (cpu, precise)": _C.lut_cpu_kernel_name(True)},
+                    "lut_gemm (cpu, precise)": _C.lut_cpu_kernel_name(True),
+                    "bitgemm W4A8 (cpu, 1 / 256 rows)": ", ".join(_C.bitgemm_cpu_kernel_name(m, 8, 4) for m in (1, 256)),
+                    "spmm (cpu)": _C.sparse_cpu_kernel_name()},
         "torch": torch.__version__,
         "torch_cuda_available": torch.cuda.is_available(),
     }

@@ -155,6 +155,10 @@ class SparseWeight:
 
     def to_dense(self) -> torch.Tensor:
         """The dense weight [M, K] in the weight dtype (exact; -0.0 comes back as +0.0)."""
+        return _to_dense_op(self.masks, self.values, self.strip_offsets, self.chunk_offsets, *self.shape)
+
+    def _to_dense_torch(self) -> torch.Tensor:
+        """to_dense with torch ops (any device; the CPU takes the faster C++ path)."""
         m, k = self.shape
         strips, units, _ = _geometry(m, k)
         dense = torch.zeros(strips, units, 32, dtype=self.dtype, device=self.device)
@@ -297,6 +301,22 @@ def to_sparse_bitmask(w: SparseWeight) -> dict:
             "row_offsets": counts.cumsum(0) - counts}
 
 
+@torch.library.custom_op("fastops::sparse_to_dense", mutates_args=(), device_types=("cpu", "cuda"))
+def _to_dense_op(masks: torch.Tensor, values: torch.Tensor, strip_offsets: torch.Tensor, chunk_offsets: torch.Tensor,
+                 m: int, k: int) -> torch.Tensor:
+    if masks.device.type == "cpu":  # C++, multi-threaded over strips
+        dense = torch.empty(m, k, dtype=values.dtype)
+        call_c(_C.sparse_unpack, masks, values, strip_offsets, chunk_offsets, m, k, dense, nthreads=num_threads())
+        return dense
+    return SparseWeight(masks=masks, values=values, strip_offsets=strip_offsets, chunk_offsets=chunk_offsets,
+                        shape=(m, k))._to_dense_torch()
+
+
+@_to_dense_op.register_fake
+def _(masks, values, strip_offsets, chunk_offsets, m, k):
+    return values.new_empty((m, k))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The operator: torch.ops.fastops.spmm (custom op, fake, autograd) and fastops.spmm
 # ---------------------------------------------------------------------------------------------------
@@ -337,8 +357,7 @@ def _spmm_backward(ctx, grad):
     # Frozen weights: dx = dy @ W, with W expanded to dense on the fly (fine-tuning, not a hot path).
     masks, values, strip_offsets, chunk_offsets = ctx.saved_tensors
     m, k = ctx.shape
-    w = SparseWeight(masks=masks, values=values, strip_offsets=strip_offsets, chunk_offsets=chunk_offsets,
-                     shape=(m, k)).to_dense()
+    w = _to_dense_op(masks, values, strip_offsets, chunk_offsets, m, k)
     grad_x = (grad.to(torch.float32) @ w.to(torch.float32)).to(grad.dtype)
     grad_bias = grad.reshape(-1, m).sum(dim=0) if ctx.bias_needs_grad else None
     return grad_x, None, None, None, None, grad_bias, None, None
