@@ -1,8 +1,9 @@
 // AVX2 SpMM kernels (sparse_cpu_kernels.h). AVX2 has no expand instruction, so each mask byte (4 rows x
 // 2 columns) picks a shuffle from a 256-entry table: PSHUFB for 16-bit values, VPERMPS + a lane mask for
-// fp32. Units are always expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to
-// decode in the multiply loop); the multiply is FMA against broadcast fp32 pairs of x, one strip by up
-// to kBlock tokens at a time, with the pairs summed once in the epilogue.
+// fp32. One token: two strips at a time decode straight into FMAs against the broadcast fp32 pair of x.
+// More tokens: units are expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to decode
+// in the multiply loop), then FMA one strip by up to kBlock tokens at a time; the pairs are summed once
+// in the epilogue.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -46,17 +47,22 @@ const ExpandTables& tables() {
   return t;
 }
 
-// Expands one unit (mask) of strip values at p into 4 x 8 fp32 (rows 4q .. 4q + 3) at out.
+// One unit as fp32 (r, j) pairs: q[i] holds rows 4i .. 4i + 3.
+struct Unit {
+  __m256 q[4];
+};
+
+// Expands the unit with this mask from the strip values at pv (advanced past them).
 template <DType D>
-inline void expand_unit(uint32_t mask, const void*& pv, float* out, const ExpandTables& tab) {
+inline Unit expand_unit(uint32_t mask, const void*& pv, const ExpandTables& tab) {
+  Unit w;
   if constexpr (D == DType::f32) {
     const float* p = static_cast<const float*>(pv);
     for (int q = 0; q < 4; ++q) {
       const unsigned b = (mask >> (8 * q)) & 0xffu;
       const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p),
                                                 _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.perm32[b])));
-      _mm256_store_ps(out + 8 * q,
-                      _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(tab.keep32[b])))));
+      w.q[q] = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(tab.keep32[b]))));
       p += __builtin_popcount(b);
     }
     pv = p;
@@ -66,14 +72,13 @@ inline void expand_unit(uint32_t mask, const void*& pv, float* out, const Expand
       const unsigned b = (mask >> (8 * q)) & 0xffu;
       const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
                                          _mm_load_si128(reinterpret_cast<const __m128i*>(tab.shuffle16[b])));
-      __m256 f;
-      if constexpr (D == DType::f16) f = _mm256_cvtph_ps(v);
-      else f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-      _mm256_store_ps(out + 8 * q, f);
+      if constexpr (D == DType::f16) w.q[q] = _mm256_cvtph_ps(v);
+      else w.q[q] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
       p += __builtin_popcount(b);
     }
     pv = p;
   }
+  return w;
 }
 
 // Sums the (r, j) pairs of two 8-float registers (rows 4q..4q+3 and 4q+4..4q+7) into 8 rows.
@@ -101,10 +106,13 @@ void store_rows8(__m256 v, const Task& t, int64_t token, int64_t r0, int rows) {
 }
 
 // acc[i][q] += tile unit u (rows 4q..4q+3 of one strip, stride G units) x the pair of token i, u < nu.
-// Kept apart from its caller so the accumulators stay in registers (GCC spilled them every unit when
-// this loop shared a function with the epilogue).
+// The loop runs on local copies: on the caller's array GCC stored every accumulator on every unit
+// (1.7x slower at 8 tokens).
 template <int NT>
 inline void multiply_tile(const float* tile, int64_t nu, const float* const* xrows, int64_t u0, __m256 (&acc)[NT][4]) {
+  __m256 a[NT][4];
+  for (int i = 0; i < NT; ++i)
+    for (int q = 0; q < 4; ++q) a[i][q] = acc[i][q];
   for (int64_t u = 0; u < nu; ++u) {
     const float* w = tile + u * G * 32;
     __m256 b[NT];
@@ -112,9 +120,11 @@ inline void multiply_tile(const float* tile, int64_t nu, const float* const* xro
       b[i] = _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xrows[i] + 2 * (u0 + u))));
     for (int q = 0; q < 4; ++q) {
       const __m256 wq = _mm256_load_ps(w + 8 * q);
-      for (int i = 0; i < NT; ++i) acc[i][q] = _mm256_fmadd_ps(wq, b[i], acc[i][q]);
+      for (int i = 0; i < NT; ++i) a[i][q] = _mm256_fmadd_ps(wq, b[i], a[i][q]);
     }
   }
+  for (int i = 0; i < NT; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = a[i][q];
 }
 
 // One strip x NT tokens over tile units [0, nu).
@@ -140,16 +150,48 @@ void strip_tokens(const Task& t, const Streams<void>& s, int g, int64_t tok, int
   }
 }
 
+// One token: two strips at a time decode straight into the multiply (2 x 4 accumulators), no tile.
+template <DType D>
+void one_token(const Task& t, Streams<void>& s, const ExpandTables& tab) {
+  const int64_t units = units_per_strip(t.w->k);
+  const double* x = reinterpret_cast<const double*>(static_cast<const float*>(t.x.data) + t.token0 * t.x.stride);
+  for (int g0 = 0; g0 < G; g0 += 2) {
+    if (!s.rows[g0]) continue;  // stand-in strips come last
+    __m256 acc[2][4];
+    for (auto& a : acc)
+      for (auto& q : a) q = _mm256_setzero_ps();
+    const uint32_t* masks[2] = {s.masks[g0], s.masks[g0 + 1]};
+    const void* vals[2] = {s.vals[g0], s.vals[g0 + 1]};
+    for (int64_t u = 0; u < units; ++u) {
+      const __m256 b = _mm256_castpd_ps(_mm256_broadcast_sd(x + u));
+      for (int g = 0; g < 2; ++g) {
+        const Unit w = expand_unit<D>(masks[g][u], vals[g], tab);
+        for (int q = 0; q < 4; ++q) acc[g][q] = _mm256_fmadd_ps(w.q[q], b, acc[g][q]);
+      }
+    }
+    for (int g = 0; g < 2; ++g) {
+      const int rows = s.rows[g0 + g];
+      const int64_t r0 = (t.strip0 + g0 + g) * kStripRows;
+      if (rows) store_rows8<D>(sum_pairs(acc[g][0], acc[g][1]), t, 0, r0, rows);
+      if (rows > 8) store_rows8<D>(sum_pairs(acc[g][2], acc[g][3]), t, 0, r0 + 8, rows - 8);
+    }
+  }
+}
+
 template <DType D>
 void run_dtype(const Task& t) {
   Streams<void> s = open_streams<void>(t);
   const ExpandTables& tab = tables();
+  if (t.tokens == 1) return one_token<D>(t, s, tab);
   const int64_t units = units_per_strip(t.w->k);
   float* tile = t.scratch + t.tokens * G * 32;
   for (int64_t u0 = 0; u0 < units; u0 += kTileUnits) {
     const int64_t nu = std::min(kTileUnits, units - u0);
     for (int64_t u = 0; u < nu; ++u)
-      for (int g = 0; g < G; ++g) expand_unit<D>(s.masks[g][u0 + u], s.vals[g], tile + (u * G + g) * 32, tab);
+      for (int g = 0; g < G; ++g) {
+        const Unit w = expand_unit<D>(s.masks[g][u0 + u], s.vals[g], tab);
+        for (int q = 0; q < 4; ++q) _mm256_store_ps(tile + (u * G + g) * 32 + 8 * q, w.q[q]);
+      }
     const bool first = u0 == 0, last = u0 + nu == units;
     for (int g = 0; g < G; ++g) {
       if (!s.rows[g]) continue;
