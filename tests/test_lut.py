@@ -138,6 +138,31 @@ def test_lut_gemm_cpu_isas(gen, cpu_isa, precise, bits, scheme):
         _check_gemm(x, w, None, lut.lut_gemm(x, w, precise=precise), "cpu", precise)
 
 
+def _int8_kernel_for(isa: str) -> str:
+    f = _C.cpu_features()
+    if isa == "avx512" and not (f["avx512bw"] and f["avx512_vbmi"] and f["avx512_vnni"]):
+        return "avx2-int8"  # the AVX-512 LUT kernel needs VBMI and VNNI
+    return f"{isa}-int8"
+
+
+@pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
+def test_lut_gemm_int8_kernels_agree_bit_for_bit(gen, cpu_isa, bits, scheme):
+    """Each ISA's int8 kernel does the scalar kernel's integer sums and fp32 operations in its order."""
+    assert _C.lut_cpu_kernel_name(False) == _int8_kernel_for(cpu_isa)
+    # n = 6, 7: token blocks of 4 plus 2 and 1; group 64 at k = 200: pairs of k blocks and a lone one
+    for (m, k), n in zip(SHAPES, [1, 3, 7, 6, 5, 2]):
+        w = _weight(gen, m, k, bits, 32 if k < 64 else 64, scheme)
+        for dtype in FLOATS:
+            x = torch.randn(n, k, generator=gen).to(dtype)
+            bias = torch.randn(m, generator=gen).to(dtype)
+            y = lut.lut_gemm(x, w, bias)
+            _C.set_isa("scalar")
+            expect = lut.lut_gemm(x, w, bias)
+            _C.set_isa(cpu_isa)
+            assert torch.equal(y, expect), (m, k, n, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("n", [1, 3, 17, 64])

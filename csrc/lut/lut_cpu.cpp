@@ -163,8 +163,8 @@ void store_tile(const GemmProblem& p, int64_t n, int64_t tile, const float* acc)
 }
 
 // Portable kernel for one tile and a token range; View decides int8 or fp32 tables. Follows the
-// AVX2 kernel's order of fp32 operations exactly (see lut_cpu_kernels.h). Sums are flushed once
-// per scale block of `per_scale` (1 or 2) k blocks.
+// AVX2 and AVX-512 kernels' order of fp32 operations exactly (see lut_cpu_kernels.h). Sums are
+// flushed once per scale block of `per_scale` (1 or 2) k blocks.
 template <DType D, Scheme S, class View>
 void tile_portable(const GemmProblem& p, const View& view, const float* unit, const float* group_sum,
                    int64_t kblocks, int64_t ngroups, int per_scale, int64_t tile, int64_t n_begin,
@@ -250,19 +250,21 @@ namespace {
 struct Int8Kernels {
   Int8BlockFn block;
   void (*tile)(const GemmProblem&, const Int8Tables&, int64_t, int64_t, int64_t);
+  const char* name;
 };
 Int8Kernels int8_kernels() {
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
-  if (active_isa() >= Isa::avx2) return {detail::int8_block_avx2, detail::int8_tile_avx2};
+  const CpuFeatures& f = cpu_features();
+  // The AVX-512 kernel builds no tables of its own: the AVX2 builder's are the same bytes.
+  if (active_isa() >= Isa::avx512 && f.avx512bw && f.avx512_vbmi && f.avx512_vnni)
+    return {detail::int8_block_avx2, detail::int8_tile_avx512, "avx512-int8"};
+  if (active_isa() >= Isa::avx2) return {detail::int8_block_avx2, detail::int8_tile_avx2, "avx2-int8"};
 #endif
-  return {detail::int8_block_scalar, detail::int8_tile_scalar};
+  return {detail::int8_block_scalar, detail::int8_tile_scalar, "scalar-int8"};
 }
 }  // namespace
 
-const char* cpu_kernel_name(bool precise) {
-  if (precise) return "portable-fp32";
-  return int8_kernels().tile == detail::int8_tile_scalar ? "scalar-int8" : "avx2-int8";
-}
+const char* cpu_kernel_name(bool precise) { return precise ? "portable-fp32" : int8_kernels().name; }
 
 void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   if (p.m <= 0 || p.n <= 0) return;

@@ -198,24 +198,6 @@ void tile_tokens(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_
   for (; n < n_end; ++n) token_block<S, Bits, 1, D>(p, t, tile, n);
 }
 
-template <Scheme S, DType D>
-void tile_tokens_bits(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, int64_t n1) {
-  switch (p.bits) {
-    case 1: tile_tokens<S, 1, D>(p, t, tile, n0, n1); break;
-    case 2: tile_tokens<S, 2, D>(p, t, tile, n0, n1); break;
-    case 3: tile_tokens<S, 3, D>(p, t, tile, n0, n1); break;
-    case 4: tile_tokens<S, 4, D>(p, t, tile, n0, n1); break;
-  }
-}
-
-template <DType D>
-void tile_tokens_scheme(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n0, int64_t n1) {
-  if (p.scheme == Scheme::bcq)
-    tile_tokens_bits<Scheme::bcq, D>(p, t, tile, n0, n1);
-  else
-    tile_tokens_bits<Scheme::uniform, D>(p, t, tile, n0, n1);
-}
-
 // Hi and residual entries of one chunk's 16-entry table, as int32 (entries 0-7, entries 8-15).
 struct ChunkTable {
   __m256i hi[2], res[2];
@@ -293,11 +275,9 @@ float int8_block_avx2(const float* xs, int blocks, int8_t* lut) {
 }
 
 void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin, int64_t n_end) {
-  switch (p.dtype) {
-    case DType::f32: tile_tokens_scheme<DType::f32>(p, t, tile, n_begin, n_end); break;
-    case DType::f16: tile_tokens_scheme<DType::f16>(p, t, tile, n_begin, n_end); break;
-    case DType::bf16: tile_tokens_scheme<DType::bf16>(p, t, tile, n_begin, n_end); break;
-  }
+  with_tile_params(p, [&](auto scheme, auto bits, auto dtype) {
+    tile_tokens<decltype(scheme)::value, decltype(bits)::value, decltype(dtype)::value>(p, t, tile, n_begin, n_end);
+  });
 }
 
 }  // namespace detail

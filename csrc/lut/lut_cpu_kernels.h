@@ -11,7 +11,8 @@
 //   slot = 4 * (lane / 2) + 2 * nibble + lane % 2 for chunk u (lane = u % 4, nibble = u / 4), so a
 //   32-byte half of the packed 64-byte plane block meets its tables as two 32-byte vectors
 //   (slots 0-1: low nibbles of bytes 0-31, slots 2-3: their high nibbles, slots 4-7 likewise for
-//   bytes 32-63).
+//   bytes 32-63). The AVX-512 kernel looks up each 64-byte half (slots 0-3, 4-7) with vpermb, so
+//   the slot order only enters its index constants.
 // Uniform scheme: only the top plane adds the residual. Plane i carries weight 2^i, so the top
 // plane dominates the rounding error (q = 4: 64 / 85 of its variance); the lower planes use 4 h
 // alone, which saves four lookups per plane block and keeps the error near 3e-3 on normal data.
@@ -25,6 +26,7 @@
 // reach 4 * 2 per k block, 16 per pair.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "lut/lut.h"
 
@@ -45,14 +47,40 @@ inline int blocks_per_scale(Scheme s, int bits, int64_t group_size) {
   return s == Scheme::uniform && bits <= 3 && group_size % (2 * kBlockK) == 0 ? 2 : 1;
 }
 
-// Slot of chunk u (0..7) in the table layout above.
-inline int table_slot(int u) {
+// Slot of chunk u (0..7) in the table layout above (constexpr: the AVX-512 kernel builds its
+// lookup indices from it at compile time).
+constexpr int table_slot(int u) {
   int lane = u % 4, nibble = u / 4;
   return 4 * (lane / 2) + 2 * nibble + lane % 2;
 }
 
+// Calls f(scheme, bits, dtype) with the three as compile-time constants (std::integral_constant), for
+// the per-ISA tile kernels. Anonymous namespace: each ISA translation unit keeps its own copy.
+namespace {
+template <class F>
+void with_tile_params(const GemmProblem& p, F&& f) {
+  auto bits = [&](auto scheme, auto dtype) {
+    switch (p.bits) {
+      case 1: return f(scheme, std::integral_constant<int, 1>{}, dtype);
+      case 2: return f(scheme, std::integral_constant<int, 2>{}, dtype);
+      case 3: return f(scheme, std::integral_constant<int, 3>{}, dtype);
+      default: return f(scheme, std::integral_constant<int, 4>{}, dtype);
+    }
+  };
+  auto scheme = [&](auto dtype) {
+    if (p.scheme == Scheme::bcq) return bits(std::integral_constant<Scheme, Scheme::bcq>{}, dtype);
+    return bits(std::integral_constant<Scheme, Scheme::uniform>{}, dtype);
+  };
+  switch (p.dtype) {
+    case DType::f16: return scheme(std::integral_constant<DType, DType::f16>{});
+    case DType::bf16: return scheme(std::integral_constant<DType, DType::bf16>{});
+    default: return scheme(std::integral_constant<DType, DType::f32>{});
+  }
+}
+}  // namespace
+
 struct Int8Tables {
-  const int8_t* lut;       // [n][kblocks][kTableBytes]
+  const int8_t* lut;       // [n][kblocks][kTableBytes], 64-byte aligned (AVX-512 aligned loads)
   const float* unit;       // [n][kblocks]: value of one integer step of 4 h + r (same within a scale block)
   const float* group_sum;  // [n][ngroups]: fp32 sum of x over the group (the zero-point term)
   int64_t kblocks, ngroups;
@@ -66,12 +94,15 @@ float int8_block_scalar(const float* xs, int blocks, int8_t* lut);
 float int8_block_avx2(const float* xs, int blocks, int8_t* lut);
 
 // Computes rows [16 tile, 16 tile + 16) of y for tokens [n_begin, n_end), bias included, and stores
-// them in p.dtype. The scalar and AVX2 versions perform the same integer sums and the same fp32
-// operations in the same order, so they agree bit for bit.
+// them in p.dtype. The scalar, AVX2 and AVX-512 versions perform the same integer sums and the same
+// fp32 operations in the same order, so they agree bit for bit. The AVX-512 one needs AVX512BW,
+// VBMI (vpermb) and VNNI (vpdpbusd).
 void int8_tile_scalar(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
                       int64_t n_end);
 void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
                     int64_t n_end);
+void int8_tile_avx512(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
+                      int64_t n_end);
 
 }  // namespace detail
 }  // namespace lut
