@@ -1,6 +1,6 @@
 // AVX-512 SpMM kernels (sparse_cpu_kernels.h): VPEXPANDW / VEXPANDPS rebuild a 16 x 2 unit from its
-// mask and packed values in registers (register form: the memory form is 1.2-2.3x slower, research note
-// section 5), then
+// mask and one unaligned load of its packed values (GCC folds the load into the expand; on Zen 4 the
+// register and memory forms measured the same here, against the research note's 1.2-2.3x), then
 //   bf16 weights: one VDPBF16PS per unit and token against the broadcast bf16 pair x[t, 2u..2u+1];
 //   fp16 / fp32:  the unit as two registers of fp32 (r, j) pairs, FMA against the broadcast fp32 pair,
 //                 the pairs summed once in the epilogue.
@@ -25,12 +25,6 @@ constexpr int64_t kTileUnits = 64;  // units per strip expanded into the tile at
 constexpr int kBf16Block = 4;       // tokens per register block when decoding in the loop: G x 4 accumulators
 constexpr int kBf16TileBlock = 6;   // tokens per register block over the tile: G x 6 accumulators
 constexpr int kPairBlock = 2;       // fp32 pairs: G x 2 x 2 accumulators
-
-inline uint32_t load_u32(const void* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 inline double load_f64(const void* p) {
   double v;
