@@ -170,13 +170,44 @@ def test_spmm_matches_dense(gen, device, dtype, sparsity, n):
     _check_spmm(y, x, w, bias)
 
 
+def _usable_sparse_kernels() -> list[str]:
+    names = []
+    for name in ("avx512", "avx512f", "avx2", "scalar"):
+        try:
+            _C.sparse_set_cpu_kernels(name)
+            names.append(name)
+        except ValueError:
+            pass
+    _C.sparse_set_cpu_kernels("auto")
+    return names
+
+
+SPARSE_KERNELS = _usable_sparse_kernels()
+
+
+@pytest.fixture
+def sparse_kernels(request):
+    """Runs the test with the CPU SpMM kernels forced to request.param."""
+    _C.sparse_set_cpu_kernels(request.param)
+    yield request.param
+    _C.sparse_set_cpu_kernels("auto")
+
+
 @pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+def test_spmm_kernel_choice_follows_the_isa_level(cpu_isa):
+    assert _C.sparse_cpu_kernel_name() in {"scalar": ("scalar",), "avx2": ("avx2",),
+                                           "avx512": ("avx512", "avx512f")}[cpu_isa]
+    with pytest.raises(ValueError, match="not one of auto"):
+        _C.sparse_set_cpu_kernels("sse9")
+
+
+@pytest.mark.parametrize("sparse_kernels", SPARSE_KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("n", [1, 2, 4, 5, 9, 300])
-def test_spmm_cpu_isas(gen, cpu_isa, dtype, n):
-    """Every ISA's paths (decode straight into the multiply, the tile, token slabs of 256) and a weight with
-    a fully dense 16 x 64 tile, an empty strip, empty columns and a partial last strip and chunk."""
-    assert _C.sparse_cpu_kernel_name() == cpu_isa
+def test_spmm_cpu_kernels(gen, sparse_kernels, dtype, n):
+    """Every CPU kernel set's paths (decode straight into the multiply, the tile, token slabs of 256) and a
+    weight with a fully dense 16 x 64 tile, an empty strip, empty columns and a partial last strip and chunk."""
+    assert _C.sparse_cpu_kernel_name() == sparse_kernels
     m, k = 75, 300
     w = _pruned(gen, m, k, 0.7)
     w[16:32, 64:128] = torch.randn(16, 64, generator=gen)

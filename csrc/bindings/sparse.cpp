@@ -216,7 +216,9 @@ void register_sparse(nb::module_& m) {
         nb::arg("nthreads") = 1, nb::arg("stream") = 0,
         "Writes the masks and values of W given the offsets computed from sparse_pack_count");
   m.def("sparse_cpu_kernel_name", [] { return sparse::cpu_kernel_name(); },
-        "The ISA of the CPU SpMM kernels in use: avx512, avx2 or scalar");
+        "The CPU SpMM kernels in use: avx512 (VBMI2 + BF16), avx512f, avx2 or scalar");
+  m.def("sparse_set_cpu_kernels", &sparse::set_cpu_kernels, nb::arg("name"),
+        "For tests: force the CPU SpMM kernels ('auto' or a name this CPU can run)");
   m.def("_sparse_cuda_layout_selftest", [] {
     std::string report;
     int failures = sparse::cuda_layout_selftest(&report);

@@ -46,8 +46,12 @@ struct PackProblem {
 
 // CPU.
 void spmm_cpu(const SpmmProblem& p, int nthreads);
-// The ISA of the kernels spmm_cpu runs now: "avx512" (VBMI2 + BF16), "avx2" or "scalar".
+// The kernels spmm_cpu runs now: "avx512" (VBMI2 + BF16), "avx512f", "avx2" or "scalar" — the best the
+// CPU and the active ISA level (cpu_features.h) allow, unless set_cpu_kernels chose others.
 std::string cpu_kernel_name();
+// For tests and benchmarks: "auto" or one of the names above that this CPU can run (else
+// std::invalid_argument).
+void set_cpu_kernels(const std::string& name);
 void pack_count_cpu(const PackProblem& p, int32_t* chunk_counts, int nthreads);
 void pack_fill_cpu(const PackProblem& p, const Weight& out, uint32_t* masks, void* values, int nthreads);
 // The inverse: dense[r * dense_stride + c] = W[r, c] for r < w.m, c < w.k (zeros included), in w.dtype.

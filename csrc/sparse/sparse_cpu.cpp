@@ -1,7 +1,10 @@
 // CPU SpMM driver, the scalar kernels, and host packing (sparse.h). The SIMD kernels live in
 // sparse_cpu_avx2.cpp / sparse_cpu_avx512.cpp behind the CpuKernels table (sparse_cpu_kernels.h).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -77,13 +80,24 @@ void pack_x_scalar(const void* x, int64_t x_stride, DType dtype, int64_t n, int6
 
 const CpuKernels kScalarKernels = {"scalar", false, pack_x_scalar, run_scalar, scratch_floats_scalar};
 
-const CpuKernels& active_kernels() {
+// The kernels this CPU can run, best first.
+std::vector<const CpuKernels*> usable_kernels() {
+  std::vector<const CpuKernels*> out;
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
   const CpuFeatures& f = cpu_features();
-  if (active_isa() >= Isa::avx512 && f.avx512_vbmi2 && f.avx512_bf16) return detail::avx512_kernels();
-  if (active_isa() >= Isa::avx2) return detail::avx2_kernels();
+  if (active_isa() >= Isa::avx512 && f.avx512_vbmi2 && f.avx512_bf16) out.push_back(&detail::avx512_kernels());
+  if (active_isa() >= Isa::avx512) out.push_back(&detail::avx512f_kernels());
+  if (active_isa() >= Isa::avx2) out.push_back(&detail::avx2_kernels());
 #endif
-  return kScalarKernels;
+  out.push_back(&kScalarKernels);
+  return out;
+}
+
+std::atomic<const CpuKernels*> forced_kernels{nullptr};  // set_cpu_kernels
+
+const CpuKernels& active_kernels() {
+  if (const CpuKernels* k = forced_kernels.load()) return *k;
+  return *usable_kernels().front();
 }
 
 // ---- driver ------------------------------------------------------------------------------------
@@ -128,6 +142,23 @@ void pack_x_strided(const void* x, int64_t x_stride, int64_t x_col_stride, DType
 }  // namespace
 
 std::string cpu_kernel_name() { return active_kernels().name; }
+
+void set_cpu_kernels(const std::string& name) {
+  if (name == "auto") {
+    forced_kernels = nullptr;
+    return;
+  }
+  std::string names;
+  for (const CpuKernels* k : usable_kernels()) {
+    if (name == k->name) {
+      forced_kernels = k;
+      return;
+    }
+    names += std::string(names.empty() ? "" : ", ") + k->name;
+  }
+  throw std::invalid_argument("sparse.set_cpu_kernels: '" + name + "' is not one of auto, " + names +
+                              " (the kernels this CPU and ISA level can run)");
+}
 
 void spmm_cpu(const SpmmProblem& p, int nthreads) {
   const Weight& w = p.w;

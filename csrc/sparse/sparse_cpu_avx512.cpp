@@ -9,32 +9,15 @@
 #include <algorithm>
 #include <cstring>
 
-#include "sparse/sparse_cpu_kernels.h"
-
-// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsic headers as "may be used
-// uninitialized" once they are inlined here; nothing of ours is.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "sparse/sparse_cpu_avx512_pairs.h"
 
 namespace fastops {
 namespace sparse {
 namespace detail {
 namespace {
 
-constexpr int G = kGroupStrips;
-constexpr int64_t kTileUnits = 64;  // units per strip expanded into the tile at a time
 constexpr int kBf16Block = 4;       // tokens per register block when decoding in the loop: G x 4 accumulators
 constexpr int kBf16TileBlock = 6;   // tokens per register block over the tile: G x 6 accumulators
-constexpr int kPairBlock = 2;       // fp32 pairs: G x 2 x 2 accumulators
-
-inline double load_f64(const void* p) {
-  double v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
-// Values this far ahead of a stream are prefetched: the hardware prefetchers alone leave ~20% of the
-// read bandwidth unused at 50-70% sparsity with 4-8 streams per core (Zen 4).
-constexpr int kPrefetchBytes = 1024;
 
 inline __m512i expand16(uint32_t mask, const uint16_t*& p) {
   _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
@@ -43,55 +26,16 @@ inline __m512i expand16(uint32_t mask, const uint16_t*& p) {
   return v;
 }
 
-// A unit as fp32 (r, j) pairs: lo = rows 0..7, hi = rows 8..15.
-struct PairUnit {
-  __m512 lo, hi;
-};
-
-template <DType D>
-inline PairUnit expand_pairs(uint32_t mask, const void*& pv) {
-  PairUnit u;
-  if constexpr (D == DType::f32) {
-    const float* p = static_cast<const float*>(pv);
-    _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
-    const uint32_t mlo = mask & 0xffffu, mhi = mask >> 16;
-    u.lo = _mm512_maskz_expand_ps(__mmask16(mlo), _mm512_loadu_ps(p));
-    p += __builtin_popcount(mlo);
-    u.hi = _mm512_maskz_expand_ps(__mmask16(mhi), _mm512_loadu_ps(p));
-    p += __builtin_popcount(mhi);
-    pv = p;
-  } else {
-    const uint16_t* p = static_cast<const uint16_t*>(pv);
+// sparse_cpu_avx512_pairs.h's Isa: one VPEXPANDW per 16-bit unit, VCVTNEPS2BF16 for bf16 output.
+struct Vbmi2Bf16 {
+  template <DType D>
+  static PairUnit unit16(uint32_t mask, const uint16_t*& p) {
+    static_assert(D == DType::f16, "bf16 weights take the VDPBF16PS path");
     const __m512i v = expand16(mask, p);
-    u.lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
-    u.hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
-    pv = p;
+    return {_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1))};
   }
-  return u;
-}
-
-inline __m512 load_bias16(const void* bias, DType d, int64_t r0, __mmask16 m) {
-  if (!bias) return _mm512_setzero_ps();
-  if (d == DType::f32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(bias) + r0);
-  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(bias) + r0);
-  if (d == DType::f16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// y[r0 .. r0 + rows) of one output row = v (+ bias), rounded to nearest even.
-inline void store_rows(__m512 v, const Task& t, int64_t token, int64_t r0, int rows) {
-  const __mmask16 m = __mmask16((1u << rows) - 1);
-  const DType d = t.w->dtype;
-  v = _mm512_add_ps(v, load_bias16(t.bias, d, r0, m));
-  char* row = static_cast<char*>(t.y) + token * t.y_stride * (d == DType::f32 ? 4 : 2);
-  if (d == DType::f32) {
-    _mm512_mask_storeu_ps(reinterpret_cast<float*>(row) + r0, m, v);
-  } else {
-    const __m256i h = d == DType::f16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-                                      : (__m256i)_mm512_cvtneps_pbh(v);
-    _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(row) + r0, m, h);
-  }
-}
+  static __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+};
 
 // ---- bf16 weights: VDPBF16PS ---------------------------------------------------------------------
 // Strips [g0, g0 + GS) of the group x NT tokens: acc[g][t] accumulates units [u0, u0 + nu); next(w)
@@ -140,7 +84,7 @@ void bf16_tokens(const Task& t, Streams<uint16_t>& s, int g0, int64_t tok, int64
       if (!last) {
         _mm512_store_ps(partial + (i * G + g0 + g) * 16, acc[g][i]);
       } else if (s.rows[g0 + g]) {
-        store_rows(acc[g][i], t, tok + i, (t.strip0 + g0 + g) * kStripRows, s.rows[g0 + g]);
+        store_rows<Vbmi2Bf16>(acc[g][i], t, tok + i, (t.strip0 + g0 + g) * kStripRows, s.rows[g0 + g]);
       }
     }
 }
@@ -180,106 +124,13 @@ void run_bf16(const Task& t) {
   }
 }
 
-// ---- fp16 / fp32 weights: fp32 pairs and FMA -----------------------------------------------------
-template <int NT, class Next>
-inline void pair_block(int64_t nu, int64_t u0, const double* const* xrows, PairUnit (&acc)[G][kPairBlock],
-                       Next&& next) {
-  for (int64_t u = u0; u < u0 + nu; ++u) {
-    PairUnit w[G];
-    next(w);
-    for (int t = 0; t < NT; ++t) {
-      const __m512 b = _mm512_castpd_ps(_mm512_set1_pd(load_f64(xrows[t] + u)));
-      for (int g = 0; g < G; ++g) {
-        acc[g][t].lo = _mm512_fmadd_ps(w[g].lo, b, acc[g][t].lo);
-        acc[g][t].hi = _mm512_fmadd_ps(w[g].hi, b, acc[g][t].hi);
-      }
-    }
-  }
-}
-
-// Row sums of the (r, j) pairs: 16 rows.
-inline __m512 sum_pairs(const PairUnit& a) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  return _mm512_add_ps(_mm512_permutex2var_ps(a.lo, even, a.hi), _mm512_permutex2var_ps(a.lo, odd, a.hi));
-}
-
-template <DType D, int NT>
-void pair_tokens(const Task& t, Streams<void>& s, int64_t tok, int64_t u0, int64_t nu, const __m512* tile,
-                 bool first, bool last) {
-  const double* xrows[kPairBlock];
-  for (int i = 0; i < NT; ++i)
-    xrows[i] = reinterpret_cast<const double*>(static_cast<const float*>(t.x.data) + (t.token0 + tok + i) * t.x.stride);
-  PairUnit acc[G][kPairBlock];
-  float* partial = t.scratch + tok * G * 32;
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < NT; ++i) {
-      float* p = partial + (i * G + g) * 32;
-      acc[g][i].lo = first ? _mm512_setzero_ps() : _mm512_load_ps(p);
-      acc[g][i].hi = first ? _mm512_setzero_ps() : _mm512_load_ps(p + 16);
-    }
-  if (tile) {
-    const __m512* p = tile;
-    pair_block<NT>(nu, u0, xrows, acc, [&](PairUnit(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = PairUnit{_mm512_load_ps(p + 2 * g), _mm512_load_ps(p + 2 * g + 1)};
-      p += 2 * G;
-    });
-  } else {
-    int64_t u = u0;
-    pair_block<NT>(nu, u0, xrows, acc, [&](PairUnit(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = expand_pairs<D>(s.masks[g][u], s.vals[g]);
-      ++u;
-    });
-  }
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < NT; ++i) {
-      if (!last) {
-        float* p = partial + (i * G + g) * 32;
-        _mm512_store_ps(p, acc[g][i].lo);
-        _mm512_store_ps(p + 16, acc[g][i].hi);
-      } else if (s.rows[g]) {
-        store_rows(sum_pairs(acc[g][i]), t, tok + i, (t.strip0 + g) * kStripRows, s.rows[g]);
-      }
-    }
-}
-
-template <DType D>
-void run_pairs(const Task& t) {
-  Streams<void> s = open_streams<void>(t);
-  const int64_t units = units_per_strip(t.w->k);
-  auto tokens = [&](int nt, int64_t tok, int64_t u0, int64_t nu, const __m512* tile) {
-    const bool first = u0 == 0, last = u0 + nu == units;
-    if (nt == 1) pair_tokens<D, 1>(t, s, tok, u0, nu, tile, first, last);
-    else pair_tokens<D, 2>(t, s, tok, u0, nu, tile, first, last);
-  };
-  if (t.tokens <= kPairBlock) {
-    tokens(int(t.tokens), 0, 0, units, nullptr);
-    return;
-  }
-  __m512* tile = reinterpret_cast<__m512*>(t.scratch + t.tokens * G * 32);
-  for (int64_t u0 = 0; u0 < units; u0 += kTileUnits) {
-    const int64_t nu = std::min(kTileUnits, units - u0);
-    for (int64_t u = u0; u < u0 + nu; ++u)
-      for (int g = 0; g < G; ++g) {
-        const PairUnit w = expand_pairs<D>(s.masks[g][u], s.vals[g]);
-        _mm512_store_ps(tile + ((u - u0) * G + g) * 2, w.lo);
-        _mm512_store_ps(tile + ((u - u0) * G + g) * 2 + 1, w.hi);
-      }
-    for (int64_t tok = 0; tok < t.tokens; tok += kPairBlock)
-      tokens(int(std::min<int64_t>(kPairBlock, t.tokens - tok)), tok, u0, nu, tile);
-  }
-}
-
 void run(const Task& t) {
   switch (t.w->dtype) {
     case DType::bf16: return run_bf16(t);
-    case DType::f16: return run_pairs<DType::f16>(t);
-    default: return run_pairs<DType::f32>(t);
+    case DType::f16: return run_pairs<Vbmi2Bf16, DType::f16>(t);
+    default: return run_pairs<Vbmi2Bf16, DType::f32>(t);
   }
 }
-
-// Partial sums of every token (<= 32 floats per strip and token) + the tile (<= 2 registers per unit).
-int64_t scratch_floats(int64_t tokens) { return tokens * G * 32 + kTileUnits * G * 32; }
 
 void pack_x(const void* x, int64_t x_stride, DType dtype, int64_t n, int64_t k, int64_t kp, void* out) {
   if (dtype != DType::bf16) return avx2_kernels().pack_x(x, x_stride, dtype, n, k, kp, out);

@@ -82,6 +82,8 @@ Streams<V> open_streams(const Task& t) {
 const CpuKernels& avx2_kernels();
 // AVX-512 F/BW/VL/DQ + VBMI2 (VPEXPANDW) + BF16 (VDPBF16PS).
 const CpuKernels& avx512_kernels();
+// AVX-512 F/BW/VL/DQ alone.
+const CpuKernels& avx512f_kernels();
 #endif
 
 }  // namespace detail
