@@ -86,9 +86,9 @@ void flush(__m256i sum_lo, __m256i sum_hi, __m256i res, int res_weight, Rows coe
   acc.hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v_hi), _mm256_mul_ps(coef.hi, u), acc.hi);
 }
 
-// Software prefetch distance for the weight stream (~16 k blocks at 4 bits): the hardware
-// prefetcher stops at 4 KiB pages and alone left the N = 1 loop short of memory bandwidth.
-constexpr uintptr_t kPrefetchBytes = 4096;
+// Software prefetch of the weight stream into L2, 16 KiB ahead: the hardware prefetcher stops at 4 KiB
+// pages and alone left the N = 1 loop short of memory bandwidth.
+constexpr uintptr_t kPrefetchBytes = 16384;
 
 // fp32 accumulators of one tile for tokens [n0, n0 + NB): the tile's weights are decoded once per
 // k block and plane and looked up for all NB tokens. Bits is a template argument so the plane loop
@@ -130,7 +130,7 @@ void accumulate_tile(const GemmProblem& p, const Int8Tables& t, int64_t tile, in
       for (int l = 0; l < bits; ++l)
         _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(blk) + kPrefetchBytes +
                                                    l * kBlockBytes),
-                     _MM_HINT_T0);
+                     _MM_HINT_T1);
       const int8_t* lut[NB];
       for (int j = 0; j < NB; ++j) lut[j] = t.lut + ((n0 + j) * kblocks + kb) * kTableBytes;
       // Last k block of its scale block (pairs start at even k blocks: lut_cpu_kernels.h).
