@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import fastops
 from fastops import _C, sparse
 from fastops.nn import SparseLinear
 from fastops.reference import sparse as ref
