@@ -112,9 +112,20 @@ def test_state_dict_save_load_and_validate(gen, tmp_path):
         sparse.SparseWeight.from_state_dict(bad)
     bad = dict(sw.state_dict())
     bad["masks"] = bad["masks"].clone()
-    bad["masks"][-1, -1] |= 1  # a column past K = 300 (padding)
-    with pytest.raises(ValueError, match="do not match|outside the logical shape"):
+    bad["masks"][-1, -1] |= 1  # a column past K = 300 (padding): the bit counts disagree first
+    with pytest.raises(ValueError, match="do not match"):
         sparse.SparseWeight.from_state_dict(bad)
+    # The same counts, one bit moved from a real column (unit 140) to padding (unit 150, same chunk).
+    masks = sw.masks.clone()
+    strip = int((masks[:, 140] != 0).nonzero()[0])
+    bit = (int(masks[strip, 140]) & -int(masks[strip, 140])).bit_length() - 1
+    masks[strip, 140] ^= 1 << bit
+    masks[strip, 150] |= 1 << bit
+    with pytest.raises(ValueError, match="outside the logical shape"):
+        sparse.SparseWeight.from_state_dict(dict(sw.state_dict(), masks=masks))
+    with pytest.raises(ValueError, match="outside the logical shape"):  # built directly: checked too
+        sparse.SparseWeight(masks=masks, values=sw.values, strip_offsets=sw.strip_offsets,
+                            chunk_offsets=sw.chunk_offsets, shape=sw.shape)
     bad = dict(sw.state_dict())
     bad["values"] = bad["values"][:-1].contiguous()
     with pytest.raises(ValueError, match="values holds"):
@@ -202,20 +213,25 @@ def test_spmm_kernel_choice_follows_the_isa_level(cpu_isa):
 
 @pytest.mark.parametrize("sparse_kernels", SPARSE_KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("n", [1, 2, 4, 5, 9, 300])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 300])
 def test_spmm_cpu_kernels(gen, sparse_kernels, dtype, n):
-    """Every CPU kernel set's paths (decode straight into the multiply, the tile, token slabs of 256) and a
-    weight with a fully dense 16 x 64 tile, an empty strip, empty columns and a partial last strip and chunk."""
+    """Every CPU kernel set's paths (decode straight into the multiply for 1-4 and 5-8 tokens, the tile,
+    token slabs of 256: one thread, so one task holds all tokens) on a weight with a fully dense 16 x 64
+    tile, an empty strip, empty columns and a partial last strip and chunk, and on a tiny odd one; NaN-
+    poisoned outputs, strided x."""
     assert _C.sparse_cpu_kernel_name() == sparse_kernels
-    m, k = 75, 300
-    w = _pruned(gen, m, k, 0.7)
+    w = _pruned(gen, 75, 300, 0.7)
     w[16:32, 64:128] = torch.randn(16, 64, generator=gen)
     w[32:48] = 0
     w[:, 200:240] = 0
-    w = w.to(dtype)
-    x = torch.randn(n, k, generator=gen).to(dtype)
-    bias = torch.randn(m, generator=gen).to(dtype)
-    _check_spmm(sparse.spmm(x, _pack(w), bias), x, w, bias)
+    for w in (w.to(dtype), _pruned(gen, 5, 37, 0.5, dtype)):
+        m, k = w.shape
+        sw = _pack(w)
+        x = torch.randn(n, 2 * k, generator=gen).to(dtype)[:, ::2]  # column stride 2
+        for bias in (torch.randn(m, generator=gen).to(dtype), None):
+            y = torch.full((n, m), float("nan"), dtype=dtype)
+            _C.sparse_spmm(x, sw.masks, sw.values, sw.strip_offsets, sw.chunk_offsets, m, k, bias, y, nthreads=1)
+            _check_spmm(y, x, w, bias)
 
 
 def test_spmm_large_shape_many_tasks(gen):
@@ -259,8 +275,8 @@ def test_spmm_empty_batch(gen, device):
 
 
 def test_spmm_threads_deterministic(gen):
-    sw = _pack(_pruned(gen, 300, 512, 0.7))
-    x = torch.randn(5, 512, generator=gen)
+    sw = _pack(_pruned(gen, 40, 512, 0.7))  # one strip group: the tokens are split by thread count
+    x = torch.randn(64, 512, generator=gen)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -314,6 +330,24 @@ def test_bad_input(gen):
     with pytest.raises(ValueError, match="masks must have shape"):
         sparse.SparseWeight(masks=sw.masks[:, :1].contiguous(), values=sw.values, strip_offsets=sw.strip_offsets,
                             chunk_offsets=sw.chunk_offsets, shape=(8, 64))
+    with pytest.raises(ValueError, match="strip_offsets do not match"):
+        sparse.SparseWeight(masks=sw.masks, values=sw.values, strip_offsets=sw.strip_offsets * 0,
+                            chunk_offsets=sw.chunk_offsets, shape=(8, 64))
+    with pytest.raises(TypeError, match="shape must be a tuple"):
+        sparse.SparseWeight(masks=sw.masks, values=sw.values, strip_offsets=sw.strip_offsets,
+                            chunk_offsets=sw.chunk_offsets, shape=[8, 64])
+    with pytest.raises(ValueError, match="meta device"):
+        sparse.pack(torch.randn(8, 64, device="meta"))
+    with pytest.raises(ValueError, match="bias must be contiguous"):
+        sparse.spmm(x, sw, torch.randn(16)[::2])
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 64\]"):
+        sparse.spmm(torch.tensor(1.0), sw)
+    with pytest.raises(TypeError, match="shape must hold ints"):
+        sparse.from_sparse_bitmask(torch.ones(3, dtype=torch.float16), torch.zeros(2, 1, dtype=torch.uint8), [1.9, 3])
+    with pytest.raises(TypeError, match="SparseWeight"):
+        sparse.to_sparse_bitmask(torch.randn(8, 64))
+    with pytest.raises(TypeError, match="torch.nn.Linear"):
+        SparseLinear.from_linear(torch.nn.Conv1d(2, 2, 1))
 
 
 def test_binding_errors_map_to_python_types(gen):
@@ -328,8 +362,12 @@ def test_binding_errors_map_to_python_types(gen):
         _C.sparse_spmm(x, *args, torch.empty(3, 9))
     with pytest.raises(ValueError, match="masks has"):
         _C.sparse_spmm(x, sw.masks.reshape(-1)[:5], *args[1:], y)
-    with pytest.raises(ValueError, match="values must hold"):
+    with pytest.raises(ValueError, match="strip_offsets must start at 0"):
         _C.sparse_spmm(x, sw.masks, sw.values[:-2], *args[2:], y)
+    wild = sw.strip_offsets.clone()
+    wild[0] = 1 << 40
+    with pytest.raises(ValueError, match="strip_offsets must start at 0"):
+        _C.sparse_spmm(x, sw.masks, sw.values, wild, sw.chunk_offsets, 8, 64, None, y)
     with pytest.raises(TypeError):  # .noconvert(): no silent copy of a non-tensor
         _C.sparse_spmm(x.tolist(), *args, y)
 
@@ -403,3 +441,9 @@ def test_sparsify_model_and_state_dict(gen):
     sparse.sparsify_model(fresh, sparsity=0.6, progress=False)  # same seed-free pruning -> same nnz
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh[2](fresh[1](fresh[0](x))), got)
+    corrupt = model.state_dict()
+    corrupt["0.strip_offsets"] = corrupt["0.strip_offsets"].flip(0)
+    with pytest.raises(ValueError, match="do not match"):
+        fresh.load_state_dict(corrupt)
+    with pytest.raises(ValueError, match="do not match"):  # the half-loaded layer refuses to run
+        fresh[0](x)

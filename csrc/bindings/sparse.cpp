@@ -26,9 +26,12 @@ void check_shape_k(const char* op, int64_t m, int64_t k) {
   if (k > sparse::kMaxCols) fail(op, "k must be <= " + std::to_string(sparse::kMaxCols));
 }
 
-// The packed weight's arrays, checked against (m, k, dtype) and against one device.
+// The packed weight's arrays, checked against (m, k, dtype) and against one device. On the CPU the strip
+// offsets are checked too (O(strips)): they start at 0, never decrease, stay within a strip's capacity
+// and, with the padding, within values. That the masks' bit counts match them is SparseWeight.validate's
+// job (python/fastops/sparse.py runs it on every weight it did not pack itself).
 sparse::Weight make_weight(const char* op, const Array& masks, const Array& values, const Array& strip_offsets,
-                           const Array& chunk_offsets, int64_t m, int64_t k, bool values_filled) {
+                           const Array& chunk_offsets, int64_t m, int64_t k) {
   check_shape_k(op, m, k);
   const int64_t strips = sparse::num_strips(m);
   expect_dtype(masks, 32, nb::dlpack::dtype_code::Int, op, "masks", "int32");
@@ -40,10 +43,19 @@ sparse::Weight make_weight(const char* op, const Array& masks, const Array& valu
   expect_contiguous(chunk_offsets, op, "chunk_offsets");
   expect_numel(chunk_offsets, strips * sparse::chunks_per_strip(k), op, "chunk_offsets");
   expect_vector(values, -1, op, "values");
-  if (values_filled && values.size() < size_t(sparse::kValuePad))
+  if (values.size() < size_t(sparse::kValuePad))
     fail(op, "values must hold the nonzeros plus " + std::to_string(sparse::kValuePad) + " padding elements");
   for (const Array* a : {&values, &strip_offsets, &chunk_offsets})
     expect_same_device(masks, *a, op, "masks", "values/offsets");
+  if (device_of(masks, op, "masks") == Device::cpu) {
+    const int64_t* off = static_cast<const int64_t*>(strip_offsets.data());
+    const int64_t strip_capacity = sparse::kStripRows * sparse::padded_cols(k);
+    bool ok = off[0] == 0;
+    for (int64_t s = 0; ok && s < strips; ++s) ok = off[s + 1] >= off[s] && off[s + 1] - off[s] <= strip_capacity;
+    if (!ok || off[strips] + sparse::kValuePad > int64_t(values.size()))
+      fail(op, "strip_offsets must start at 0, never decrease, grow by at most 16 * padded k per strip and end at "
+               "values' length minus " + std::to_string(sparse::kValuePad));
+  }
   sparse::Weight w;
   w.masks = static_cast<const uint32_t*>(masks.data());
   w.values = values.data();
@@ -59,7 +71,7 @@ void sparse_spmm(Array x, Array masks, Array values, Array strip_offsets, Array 
                  std::optional<Array> bias, Array y, int nthreads, std::uintptr_t stream,
                  std::optional<Array> workspace) {
   sparse::SpmmProblem p;
-  p.w = make_weight(kSpmm, masks, values, strip_offsets, chunk_offsets, m, k, true);
+  p.w = make_weight(kSpmm, masks, values, strip_offsets, chunk_offsets, m, k);
   if (float_dtype(x, kSpmm, "x") != p.w.dtype || float_dtype(y, kSpmm, "y") != p.w.dtype)
     throw_type(std::string(kSpmm) + ": x, y and the weight values must share one dtype");
   if (x.ndim() != 2 || int64_t(x.shape(1)) != k || x.stride(0) < 0 || x.stride(1) < 0)
@@ -82,9 +94,6 @@ void sparse_spmm(Array x, Array masks, Array values, Array strip_offsets, Array 
     p.bias = bias->data();
   }
   if (device_of(masks, kSpmm, "w") == Device::cpu) {
-    const int64_t nnz = p.w.strip_offsets[sparse::num_strips(m)];
-    if (nnz < 0 || int64_t(values.size()) < nnz + sparse::kValuePad)
-      fail(kSpmm, "values must hold strip_offsets[-1] + " + std::to_string(sparse::kValuePad) + " elements");
     nb::gil_scoped_release nogil;
     sparse::spmm_cpu(p, nthreads);
     return;
@@ -156,7 +165,7 @@ void sparse_pack_count(Array w, Array counts, int nthreads, std::uintptr_t strea
 void sparse_pack_fill(Array w, Array masks, Array values, Array strip_offsets, Array chunk_offsets, int nthreads,
                       std::uintptr_t stream) {
   const sparse::PackProblem p = make_pack(w);
-  const sparse::Weight out = make_weight(kPack, masks, values, strip_offsets, chunk_offsets, p.m, p.k, true);
+  const sparse::Weight out = make_weight(kPack, masks, values, strip_offsets, chunk_offsets, p.m, p.k);
   if (out.dtype != p.dtype) throw_type(std::string(kPack) + ": values must have the dtype of w");
   expect_same_device(w, masks, kPack, "w", "masks");
   uint32_t* mask_out = static_cast<uint32_t*>(masks.data());
@@ -181,16 +190,13 @@ void sparse_pack_fill(Array w, Array masks, Array values, Array strip_offsets, A
 void sparse_unpack(Array masks, Array values, Array strip_offsets, Array chunk_offsets, int64_t m, int64_t k,
                    Array dense, int nthreads) {
   constexpr const char* kUnpack = "sparse.to_dense";
-  const sparse::Weight w = make_weight(kUnpack, masks, values, strip_offsets, chunk_offsets, m, k, true);
+  const sparse::Weight w = make_weight(kUnpack, masks, values, strip_offsets, chunk_offsets, m, k);
   if (device_of(masks, kUnpack, "w") != Device::cpu) fail(kUnpack, "the binding unpacks CPU weights only");
   if (float_dtype(dense, kUnpack, "dense") != w.dtype) throw_type(std::string(kUnpack) + ": dense must have the dtype of values");
   if (dense.ndim() != 2 || int64_t(dense.shape(0)) != m || int64_t(dense.shape(1)) != k || (k > 1 && dense.stride(1) != 1) ||
       dense.stride(0) < k)
     fail(kUnpack, "dense must have shape [" + std::to_string(m) + ", " + std::to_string(k) + "] with unit stride along k");
   expect_same_device(masks, dense, kUnpack, "w", "dense");
-  const int64_t nnz = w.strip_offsets[sparse::num_strips(m)];
-  if (nnz < 0 || int64_t(values.size()) < nnz + sparse::kValuePad)
-    fail(kUnpack, "values must hold strip_offsets[-1] + " + std::to_string(sparse::kValuePad) + " elements");
   nb::gil_scoped_release nogil;
   sparse::unpack_cpu(w, dense.data(), dense.stride(0), nthreads);
 }

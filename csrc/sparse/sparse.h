@@ -58,7 +58,8 @@ void pack_fill_cpu(const PackProblem& p, const Weight& out, uint32_t* masks, voi
 void unpack_cpu(const Weight& w, void* dense, int64_t dense_stride, int nthreads);
 
 // CUDA: runs on `stream` (a cudaStream_t as an integer) on the current device. `workspace` is device
-// memory of at least spmm_cuda_workspace_bytes(p) bytes (nullptr when that is 0).
+// memory of at least spmm_cuda_workspace_bytes(p) bytes (nullptr when that is 0), which reads only p's
+// sizes and dtype (and the current device's SM count).
 std::size_t spmm_cuda_workspace_bytes(const SpmmProblem& p);
 void spmm_cuda(const SpmmProblem& p, void* workspace, std::uintptr_t stream);
 void pack_count_cuda(const PackProblem& p, int32_t* chunk_counts, std::uintptr_t stream);

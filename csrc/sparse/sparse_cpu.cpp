@@ -1,5 +1,6 @@
 // CPU SpMM driver, the scalar kernels, and host packing (sparse.h). The SIMD kernels live in
-// sparse_cpu_avx2.cpp / sparse_cpu_avx512.cpp behind the CpuKernels table (sparse_cpu_kernels.h).
+// sparse_cpu_avx2.cpp, sparse_cpu_avx512.cpp and sparse_cpu_avx512f.cpp behind the CpuKernels table
+// (sparse_cpu_kernels.h).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -254,12 +255,19 @@ void unpack_strip(const Weight& w, int64_t s, Bits* dense, int64_t stride) {
     Bits* row = dense + (s * kStripRows + r) * stride;
     std::fill(row, row + w.k, Bits(0));
   }
+  // Bits of elements inside [m, k]: a corrupt mask must not write past dense (SparseWeight.validate
+  // rejects such masks; this keeps the private binding safe too).
+  const uint32_t row_bits = rows == kStripRows ? 0xffffffffu : (1u << (kUnitCols * rows)) - 1;
   const Bits* v = static_cast<const Bits*>(w.values) + w.strip_offsets[s];
-  for (int64_t u = 0; u < units; ++u)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t cols = std::min<int64_t>(kUnitCols, std::max<int64_t>(0, w.k - u * kUnitCols));
+    const uint32_t legal = row_bits & (cols == 2 ? 0xffffffffu : cols == 1 ? 0x55555555u : 0u);
     for (uint32_t mask = w.masks[s * units + u]; mask; mask &= mask - 1) {
-      const int bit = __builtin_ctz(mask);  // bits in value order; padding bits are never set
-      dense[(s * kStripRows + bit_row(bit)) * stride + u * kUnitCols + bit_col(bit)] = *v++;
+      const int bit = __builtin_ctz(mask);  // bits in value order
+      const Bits value = *v++;
+      if ((legal >> bit) & 1u) dense[(s * kStripRows + bit_row(bit)) * stride + u * kUnitCols + bit_col(bit)] = value;
     }
+  }
 }
 
 template <class F>

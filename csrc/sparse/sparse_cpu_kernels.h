@@ -1,5 +1,5 @@
 // Private to the CPU SpMM: the per-ISA kernels that sparse_cpu.cpp (driver + scalar kernels),
-// sparse_cpu_avx2.cpp and sparse_cpu_avx512.cpp implement.
+// sparse_cpu_avx2.cpp, sparse_cpu_avx512.cpp and sparse_cpu_avx512f.cpp implement.
 //
 // Work is cut into tasks of kGroupStrips strips (64 rows) x a range of tokens. A task walks the K axis
 // once: units are expanded to dense (r, j) pairs in registers and multiplied by broadcast pairs of x

@@ -465,12 +465,18 @@ bool aligned(const void* p, std::size_t n) { return reinterpret_cast<std::uintpt
   throw std::invalid_argument(std::string("fastops: sparse ") + fn + ": " + what);
 }
 
-void validate_spmm(const SpmmProblem& p) {
-  const char* fn = "spmm_cuda";
+// Sizes and dtype only: all spmm_cuda_workspace_bytes gets (its problem carries no pointers).
+void validate_spmm_sizes(const SpmmProblem& p, const char* fn) {
   const Weight& w = p.w;
   if (!valid_dtype(w.dtype)) bad_argument(fn, "unsupported dtype " + std::to_string(int(w.dtype)));
   if (w.m < 0 || w.k < 0 || p.n < 0) bad_argument(fn, "negative size");
   if (w.k > kMaxCols) bad_argument(fn, "k=" + std::to_string(w.k) + " exceeds " + std::to_string(kMaxCols));
+}
+
+void validate_spmm(const SpmmProblem& p) {
+  const char* fn = "spmm_cuda";
+  const Weight& w = p.w;
+  validate_spmm_sizes(p, fn);
   if (p.n == 0 || w.m == 0) return;
   const std::size_t esz = std::size_t(elem_bytes(w.dtype));
   if (p.y == nullptr || !aligned(p.y, esz)) bad_argument(fn, "y must be a non-null, element-aligned pointer");
@@ -561,7 +567,7 @@ unsigned pack_blocks(const PackArgs& a) {
 }  // namespace
 
 std::size_t spmm_cuda_workspace_bytes(const SpmmProblem& p) {
-  validate_spmm(p);
+  validate_spmm_sizes(p, "spmm_cuda_workspace_bytes");
   if (p.n == 0 || p.w.m == 0) return 0;
   return std::size_t(workspace_bytes(spmm_plan(p), p.n, p.w.m));
 }

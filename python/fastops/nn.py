@@ -147,8 +147,9 @@ class SparseLinear(torch.nn.Module):
     """y = x @ W^T + b with W held as a fastops.sparse.SparseWeight (exact: only the zeros are dropped).
 
     The packed tensors are buffers (they follow .to(), .cuda() and state_dict(); a state dict must come
-    from a weight with the same number of nonzeros); the weight is frozen, the bias (if any) is an
-    ordinary parameter. x must have the weight's dtype. Gradients flow to x (and the bias).
+    from a weight with the same number of nonzeros, and is checked against its masks on load); the weight
+    is frozen, the bias (if any) is an ordinary parameter. x must have the weight's dtype. Gradients flow
+    to x (and the bias).
     """
 
     def __init__(self, weight: SparseWeight, bias: Optional[torch.Tensor] = None):
@@ -161,13 +162,28 @@ class SparseLinear(torch.nn.Module):
         self.register_buffer("chunk_offsets", weight.chunk_offsets)
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        # load_state_dict copies into the buffers in place (the weight cache stays): check what arrived.
+        self._buffers_checked = True
+        self.register_load_state_dict_post_hook(SparseLinear._check_loaded)
+
+    @staticmethod
+    def _check_loaded(module: "SparseLinear", _incompatible_keys) -> None:
+        # The buffers now hold what was loaded: until it checks out, every use re-checks (and raises).
+        module._buffers_checked = False
+        module.__dict__.pop("_weight_cache", None)
+        module._packed(checked=False)  # ValueError when the loaded tensors disagree
+        module._buffers_checked = True
+
+    def _packed(self, checked: bool) -> SparseWeight:
+        return SparseWeight(masks=self.masks, values=self.values, strip_offsets=self.strip_offsets,
+                            chunk_offsets=self.chunk_offsets, shape=(self.out_features, self.in_features),
+                            checked=checked)
 
     @property
     def weight(self) -> SparseWeight:
+        # Buffers replaced by .to() come from a checked weight; loaded ones are checked by the hook above.
         return _packed_weight(self, (self.masks, self.values, self.strip_offsets, self.chunk_offsets),
-                              lambda: SparseWeight(masks=self.masks, values=self.values, strip_offsets=self.strip_offsets,
-                                                   chunk_offsets=self.chunk_offsets,
-                                                   shape=(self.out_features, self.in_features)))
+                              lambda: self._packed(checked=self._buffers_checked))
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, sparsity: Optional[float] = None) -> "SparseLinear":

@@ -75,7 +75,9 @@ class SparseWeight:
 
     masks: int32 [S, U] (uint32 bit patterns), values: [nnz + 32] in the weight dtype, strip_offsets:
     int64 [S + 1], chunk_offsets: int32 [S, C]; S = ceil(M / 16), U = Kp / 2, C = Kp / 64, Kp = K rounded
-    up to 64. Layout: csrc/sparse/sparse_format.h. Build it with `fastops.sparse.pack`.
+    up to 64. Layout: csrc/sparse/sparse_format.h. Build it with `fastops.sparse.pack`; a weight built
+    from tensors directly is checked in full (`validate()`: every offset against the masks, one pass) —
+    the kernels trust it afterwards.
     """
 
     masks: torch.Tensor
@@ -83,6 +85,8 @@ class SparseWeight:
     strip_offsets: torch.Tensor
     chunk_offsets: torch.Tensor
     shape: tuple
+    # True where the tensors are known consistent (pack output, .to() of a checked weight): skips validate().
+    checked: bool = dataclasses.field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         op = "SparseWeight"
@@ -107,6 +111,9 @@ class SparseWeight:
                 raise ValueError(f"{op}: {name} must be contiguous")
         if self.values.numel() < VALUE_PAD:
             raise ValueError(f"{op}: values must end with {VALUE_PAD} padding elements")
+        if not self.checked and self.masks.device.type != "meta":
+            self.validate()
+            object.__setattr__(self, "checked", True)
 
     # ---- properties -------------------------------------------------------------------------------
     @property
@@ -182,10 +189,8 @@ class SparseWeight:
     def from_state_dict(cls, state: dict) -> "SparseWeight":
         """Rebuilds a weight from state_dict(), checking every offset against the masks."""
         m, k = (int(v) for v in state["shape"].tolist())
-        w = cls(masks=state["masks"], values=state["values"], strip_offsets=state["strip_offsets"],
-                chunk_offsets=state["chunk_offsets"], shape=(m, k))
-        w.validate()
-        return w
+        return cls(masks=state["masks"], values=state["values"], strip_offsets=state["strip_offsets"],
+                   chunk_offsets=state["chunk_offsets"], shape=(m, k))
 
     def validate(self) -> None:
         """Checks that the offsets agree with the masks and the number of values (a full pass over the
@@ -216,8 +221,9 @@ class SparseWeight:
 def pack(w: torch.Tensor) -> SparseWeight:
     """Packs a pruned float weight w[M, K] (nn.Linear layout; fp16, bf16 or fp32; CPU or CUDA) into the
     strip-bitmap format. Zero means == 0 (-0.0 included). Any M and K; no cap on the nonzeros of a tile.
-    Warns (SparsityWarning) when the weight is too dense for the format to be smaller than w itself
-    (below ~6.5% zeros for fp16/bf16, ~3.3% for fp32): spmm still runs and is exact, just not faster.
+    Warns (SparsityWarning) when the packed weight is not smaller than w itself (below ~6.5% zeros for
+    large fp16/bf16 weights, ~3.3% for fp32; tiny weights always, where the fixed padding and offsets
+    dominate): spmm still runs and is exact, just not faster.
     """
     op = "sparse.pack"
     check_dtype(op, "w", w, FLOAT_DTYPES)
@@ -229,6 +235,8 @@ def pack(w: torch.Tensor) -> SparseWeight:
     if k > MAX_COLS:
         raise ValueError(f"{op}: in_features must be <= {MAX_COLS}; got {k}")
     check_device_usable(op, w)
+    if w.device.type == "meta":
+        raise ValueError(f"{op}: w is on the meta device; pack needs its values (CPU or CUDA)")
     w = w.detach()
     strips, units, chunks = _geometry(m, k)
     dev = w.device
@@ -245,11 +253,11 @@ def pack(w: torch.Tensor) -> SparseWeight:
         call_c(_C.sparse_pack_fill, w, masks, values, strip_offsets, chunk_offsets, nthreads=num_threads(),
                stream=cuda_stream(dev))
     packed = SparseWeight(masks=masks, values=values, strip_offsets=strip_offsets, chunk_offsets=chunk_offsets,
-                          shape=(m, k))
+                          shape=(m, k), checked=True)
     dense_bytes = m * k * w.element_size()
     if packed.nbytes >= dense_bytes:
-        warnings.warn(f"{op}: w is only {packed.sparsity:.1%} sparse; the packed weight ({packed.nbytes} bytes) is "
-                      f"not smaller than the dense one ({dense_bytes} bytes), so spmm reads more than F.linear",
+        warnings.warn(f"{op}: at {packed.sparsity:.1%} sparsity the packed weight ({packed.nbytes} bytes) is not "
+                      f"smaller than the dense one ({dense_bytes} bytes), so spmm reads more than F.linear",
                       SparsityWarning, stacklevel=2)
     return packed
 
@@ -262,7 +270,9 @@ def from_sparse_bitmask(compressed: torch.Tensor, bitmask: torch.Tensor, shape, 
     op = "sparse.from_sparse_bitmask"
     check_dtype(op, "compressed", compressed, FLOAT_DTYPES)
     check_dtype(op, "bitmask", bitmask, (torch.uint8, torch.int8))
-    shape = [int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape)]
+    shape = list(shape.tolist() if isinstance(shape, torch.Tensor) else shape)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+        raise TypeError(f"{op}: shape must hold ints, got {shape}")
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"{op}: shape must be [out_features, in_features] with both >= 1; got {shape}")
     m, k = shape
@@ -309,7 +319,7 @@ def _to_dense_op(masks: torch.Tensor, values: torch.Tensor, strip_offsets: torch
         call_c(_C.sparse_unpack, masks, values, strip_offsets, chunk_offsets, m, k, dense, nthreads=num_threads())
         return dense
     return SparseWeight(masks=masks, values=values, strip_offsets=strip_offsets, chunk_offsets=chunk_offsets,
-                        shape=(m, k))._to_dense_torch()
+                        shape=(m, k), checked=True)._to_dense_torch()
 
 
 @_to_dense_op.register_fake
@@ -327,8 +337,8 @@ def _spmm_op(x: torch.Tensor, masks: torch.Tensor, values: torch.Tensor, strip_o
     y = torch.empty((x2.shape[0], m), dtype=x.dtype, device=x.device)
     bias = None if bias is None else bias.detach()
     if x.device.type == "cuda":
-        if k > 1 and x2.stride(1) != 1:
-            x2 = x2.contiguous()  # the CUDA kernels read x rows as 32-bit pairs
+        if (k > 1 and x2.stride(1) != 1) or (x2.shape[0] > 1 and x2.stride(0) < k):
+            x2 = x2.contiguous()  # the CUDA kernels read whole, distinct x rows as 32-bit pairs
         with torch.cuda.device(x.device):
             nbytes = _C.sparse_cuda_workspace_bytes(x2.shape[0], m, k, DTYPE_CODE[x.dtype])
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
@@ -368,7 +378,10 @@ _spmm_op.register_autograd(_spmm_backward, setup_context=_spmm_setup)
 
 def spmm(x: torch.Tensor, w: SparseWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = F.linear(x, w.to_dense(), bias) for x[..., K] in w's dtype (fp16, bf16 or fp32) on CPU or CUDA,
-    any number of tokens, accumulated in fp32. Differentiable with respect to x (and bias)."""
+    any number of tokens, accumulated in fp32. Differentiable with respect to x (and bias).
+
+    On CPUs with AVX512-BF16 the bf16 kernel's VDPBF16PS treats subnormal inputs and results as zero (as
+    the instruction always does); other kernels keep them."""
     op = "spmm"
     if not isinstance(w, SparseWeight):
         raise TypeError(f"{op}: w must be a fastops.sparse.SparseWeight (see fastops.sparse.pack), got {type(w).__name__}")
