@@ -28,7 +28,8 @@ namespace {
 
 constexpr int G = kGroupStrips;
 constexpr int64_t kTileUnits = 64;  // units per strip expanded into the tile at a time
-constexpr int kPairBlock = 2;       // fp32 pairs: G x 2 x 2 accumulators
+constexpr int kPairBlock = 2;       // fp32 pairs: G x 2 tokens x 2 accumulators
+constexpr int kPairStripBlock = 8;  // one strip x 8 tokens x 2 accumulators, decoded in the loop
 
 inline double load_f64(const void* p) {
   double v;
@@ -90,15 +91,16 @@ inline void store_rows(__m512 v, const Task& t, int64_t token, int64_t r0, int r
 }
 
 // ---- fp16 / fp32 weights: fp32 pairs and FMA -----------------------------------------------------
-template <int NT, class Next>
-inline void pair_block(int64_t nu, int64_t u0, const double* const* xrows, PairUnit (&acc)[G][kPairBlock],
-                       Next&& next) {
+// Strips [g0, g0 + GS) of the group x NT tokens: acc[g][t] accumulates units [u0, u0 + nu); next(w)
+// yields the next unit of each of those strips (decoded in place or loaded from the tile).
+template <int GS, int NT, class Next>
+inline void pair_block(int64_t nu, int64_t u0, const double* const* xrows, PairUnit (&acc)[GS][NT], Next&& next) {
   for (int64_t u = u0; u < u0 + nu; ++u) {
-    PairUnit w[G];
+    PairUnit w[GS];
     next(w);
     for (int t = 0; t < NT; ++t) {
       const __m512 b = _mm512_castpd_ps(_mm512_set1_pd(load_f64(xrows[t] + u)));
-      for (int g = 0; g < G; ++g) {
+      for (int g = 0; g < GS; ++g) {
         acc[g][t].lo = _mm512_fmadd_ps(w[g].lo, b, acc[g][t].lo);
         acc[g][t].hi = _mm512_fmadd_ps(w[g].hi, b, acc[g][t].hi);
       }
@@ -113,56 +115,67 @@ inline __m512 sum_pairs(const PairUnit& a) {
   return _mm512_add_ps(_mm512_permutex2var_ps(a.lo, even, a.hi), _mm512_permutex2var_ps(a.lo, odd, a.hi));
 }
 
-template <class Isa, DType D, int NT>
-void pair_tokens(const Task& t, Streams<void>& s, int64_t tok, int64_t u0, int64_t nu, const __m512* tile,
+template <class Isa, DType D, int GS, int NT>
+void pair_tokens(const Task& t, Streams<void>& s, int g0, int64_t tok, int64_t u0, int64_t nu, const __m512* tile,
                  bool first, bool last) {
-  const double* xrows[kPairBlock];
+  const double* xrows[NT];
   for (int i = 0; i < NT; ++i)
     xrows[i] = reinterpret_cast<const double*>(static_cast<const float*>(t.x.data) + (t.token0 + tok + i) * t.x.stride);
-  PairUnit acc[G][kPairBlock];
+  PairUnit acc[GS][NT];
   float* partial = t.scratch + tok * G * 32;
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < GS; ++g)
     for (int i = 0; i < NT; ++i) {
-      float* p = partial + (i * G + g) * 32;
+      float* p = partial + (i * G + g0 + g) * 32;
       acc[g][i].lo = first ? _mm512_setzero_ps() : _mm512_load_ps(p);
       acc[g][i].hi = first ? _mm512_setzero_ps() : _mm512_load_ps(p + 16);
     }
   if (tile) {
-    const __m512* p = tile;
-    pair_block<NT>(nu, u0, xrows, acc, [&](PairUnit(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = PairUnit{_mm512_load_ps(p + 2 * g), _mm512_load_ps(p + 2 * g + 1)};
+    const __m512* p = tile + 2 * g0;
+    pair_block(nu, u0, xrows, acc, [&](PairUnit(&w)[GS]) {
+      for (int g = 0; g < GS; ++g) w[g] = PairUnit{_mm512_load_ps(p + 2 * g), _mm512_load_ps(p + 2 * g + 1)};
       p += 2 * G;
     });
   } else {
     int64_t u = u0;
-    pair_block<NT>(nu, u0, xrows, acc, [&](PairUnit(&w)[G]) {
-      for (int g = 0; g < G; ++g) w[g] = expand_pairs<Isa, D>(s.masks[g][u], s.vals[g]);
+    pair_block(nu, u0, xrows, acc, [&](PairUnit(&w)[GS]) {
+      for (int g = 0; g < GS; ++g) w[g] = expand_pairs<Isa, D>(s.masks[g0 + g][u], s.vals[g0 + g]);
       ++u;
     });
   }
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < GS; ++g)
     for (int i = 0; i < NT; ++i) {
       if (!last) {
-        float* p = partial + (i * G + g) * 32;
+        float* p = partial + (i * G + g0 + g) * 32;
         _mm512_store_ps(p, acc[g][i].lo);
         _mm512_store_ps(p + 16, acc[g][i].hi);
-      } else if (s.rows[g]) {
-        store_rows<Isa>(sum_pairs(acc[g][i]), t, tok + i, (t.strip0 + g) * kStripRows, s.rows[g]);
+      } else if (s.rows[g0 + g]) {
+        store_rows<Isa>(sum_pairs(acc[g][i]), t, tok + i, (t.strip0 + g0 + g) * kStripRows, s.rows[g0 + g]);
       }
     }
+}
+
+// nt in [NTmin, NT]: the instantiation for exactly nt tokens.
+template <class Isa, DType D, int GS, int NT, int NTmin>
+void pair_tokens_dispatch(int nt, const Task& t, Streams<void>& s, int g0, int64_t tok, int64_t u0, int64_t nu,
+                          const __m512* tile, bool first, bool last) {
+  if constexpr (NT > NTmin) {
+    if (nt < NT) return pair_tokens_dispatch<Isa, D, GS, NT - 1, NTmin>(nt, t, s, g0, tok, u0, nu, tile, first, last);
+  }
+  pair_tokens<Isa, D, GS, NT>(t, s, g0, tok, u0, nu, tile, first, last);
 }
 
 template <class Isa, DType D>
 void run_pairs(const Task& t) {
   Streams<void> s = open_streams<void>(t);
   const int64_t units = units_per_strip(t.w->k);
-  auto tokens = [&](int nt, int64_t tok, int64_t u0, int64_t nu, const __m512* tile) {
-    const bool first = u0 == 0, last = u0 + nu == units;
-    if (nt == 1) pair_tokens<Isa, D, 1>(t, s, tok, u0, nu, tile, first, last);
-    else pair_tokens<Isa, D, 2>(t, s, tok, u0, nu, tile, first, last);
-  };
-  if (t.tokens <= kPairBlock) {
-    tokens(int(t.tokens), 0, 0, units, nullptr);
+  const int nt = int(std::min<int64_t>(t.tokens, kPairStripBlock));
+  if (t.tokens <= kPairBlock) {  // decode straight into the multiply: all strips x up to 2 tokens
+    pair_tokens_dispatch<Isa, D, G, kPairBlock, 1>(nt, t, s, 0, 0, 0, units, nullptr, true, true);
+    return;
+  }
+  if (t.tokens <= kPairStripBlock) {  // the same, one strip at a time x up to 8 tokens
+    for (int g0 = 0; g0 < G && s.rows[g0]; ++g0)  // stand-in strips come last
+      pair_tokens_dispatch<Isa, D, 1, kPairStripBlock, kPairBlock + 1>(nt, t, s, g0, 0, 0, units, nullptr, true, true);
     return;
   }
   __m512* tile = reinterpret_cast<__m512*>(t.scratch + t.tokens * G * 32);
@@ -175,7 +188,8 @@ void run_pairs(const Task& t) {
         _mm512_store_ps(tile + ((u - u0) * G + g) * 2 + 1, w.hi);
       }
     for (int64_t tok = 0; tok < t.tokens; tok += kPairBlock)
-      tokens(int(std::min<int64_t>(kPairBlock, t.tokens - tok)), tok, u0, nu, tile);
+      pair_tokens_dispatch<Isa, D, G, kPairBlock, 1>(int(std::min<int64_t>(kPairBlock, t.tokens - tok)), t, s, 0, tok,
+                                                     u0, nu, tile, u0 == 0, u0 + nu == units);
   }
 }
 
