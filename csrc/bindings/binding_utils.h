@@ -105,6 +105,17 @@ inline Device device_of(const Array& a, const char* op, const char* name) {
   throw_value(std::string(op) + ": " + name + " must be on a CPU or CUDA device");
 }
 
+// Binds `_<family>_cuda_layout_selftest()` -> (failures, report) for a family's CPU check of its CUDA
+// kernels' index math (csrc/<family>/*_cuda_layout_test.h).
+template <int (*Selftest)(std::string*)>
+void def_cuda_layout_selftest(nb::module_& m, const char* name) {
+  m.def(name, [] {
+    std::string report;
+    const int failures = Selftest(&report);
+    return nb::make_tuple(failures, report);
+  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
+}
+
 [[noreturn]] inline void throw_no_cuda_build() {
   throw std::runtime_error("fastops was built without CUDA: reinstall with FASTOPS_CUDA=ON (see README)");
 }

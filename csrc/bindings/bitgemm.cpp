@@ -226,11 +226,7 @@ void register_bitgemm(nb::module_& m) {
         },
         nb::arg("m"), nb::arg("bits_a"), nb::arg("bits_w"), nb::arg("method") = "auto",
         "The CPU kernel gemm would run for an [m, K] activation of bits_a bits and bits_w-bit weights");
-  m.def("_bitgemm_cuda_layout_selftest", [] {
-    std::string report;
-    int failures = bitgemm::cuda_layout_selftest(&report);
-    return nb::make_tuple(failures, report);
-  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
+  def_cuda_layout_selftest<bitgemm::cuda_layout_selftest>(m, "_bitgemm_cuda_layout_selftest");
 }
 
 }  // namespace bind

@@ -132,11 +132,7 @@ void register_lut(nb::module_& m) {
         "Bytes of device workspace gemm_cuda needs (dtype: 0 float32, 1 float16, 2 bfloat16)");
   m.def("lut_cpu_kernel_name", [](bool precise) { return std::string(lut::cpu_kernel_name(precise)); },
         nb::arg("precise") = false);
-  m.def("_lut_cuda_layout_selftest", [] {
-    std::string report;
-    int failures = lut::cuda_layout_selftest(&report);
-    return nb::make_tuple(failures, report);
-  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
+  def_cuda_layout_selftest<lut::cuda_layout_selftest>(m, "_lut_cuda_layout_selftest");
 }
 
 }  // namespace bind

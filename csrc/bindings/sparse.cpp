@@ -225,11 +225,7 @@ void register_sparse(nb::module_& m) {
         "The CPU SpMM kernels in use: avx512 (VBMI2 + BF16), avx512f, avx2 or scalar");
   m.def("sparse_set_cpu_kernels", &sparse::set_cpu_kernels, nb::arg("name"),
         "For tests: force the CPU SpMM kernels ('auto' or a name this CPU can run)");
-  m.def("_sparse_cuda_layout_selftest", [] {
-    std::string report;
-    int failures = sparse::cuda_layout_selftest(&report);
-    return nb::make_tuple(failures, report);
-  }, "Checks the CUDA kernels' index math on the CPU; returns (failures, report)");
+  def_cuda_layout_selftest<sparse::cuda_layout_selftest>(m, "_sparse_cuda_layout_selftest");
 }
 
 }  // namespace bind

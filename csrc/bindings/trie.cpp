@@ -253,11 +253,7 @@ void register_trie(nb::module_& m) {
         nb::arg("alive").noconvert().none(), nb::arg("rows_per_mask"), nb::arg("node_ids").noconvert(),
         nb::arg("step_tokens").noconvert(), nb::arg("next_nodes").noconvert(), nb::arg("nthreads") = 1,
         nb::arg("stream") = 0, "next_nodes[r] = child of node_ids[r] along step_tokens[r], or -1");
-  m.def("_trie_cuda_layout_selftest", [] {
-    std::string report;
-    int failures = trie::cuda_layout_selftest(&report);
-    return nb::make_tuple(failures, report);
-  }, "Checks the trie CUDA kernels' index math on the CPU; returns (failures, report)");
+  def_cuda_layout_selftest<trie::cuda_layout_selftest>(m, "_trie_cuda_layout_selftest");
 }
 
 }  // namespace bind

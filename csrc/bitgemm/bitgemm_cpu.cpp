@@ -31,6 +31,7 @@
 #include "bitgemm/bitgemm_cpu_kernels.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
+#include "common/aligned_buffer.h"
 #include "common/huge_pages.h"
 #include "common/parallel.h"
 
@@ -283,16 +284,6 @@ Int8Plan plan_int8(const Operand& a, const Operand& w, const CpuKernels& kern) {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// 64-byte aligned scratch.
-struct Scratch {
-  std::vector<uint8_t> raw;
-  uint8_t* data = nullptr;
-  void resize(size_t bytes) {
-    raw.assign(bytes + 64, 0);
-    data = raw.data() + (-reinterpret_cast<uintptr_t>(raw.data()) & 63);
-  }
-};
-
 constexpr int64_t kDecodeRows = 32;           // up to this many A rows: one A block over all of K
 constexpr int64_t kABlockBytes = 192 << 10;   // A block of a slice: most of L2
 constexpr int64_t kWBlockBytes = 16 << 10;    // W sub-block of a slice: half of L1
@@ -339,7 +330,7 @@ class GemmRun {
     int tile = 0;  // entries per register tile
   };
   struct TaskScratch {
-    Scratch ctile, facc, sw, ablock, wblock, zero;
+    AlignedBuffer ctile, facc, sw, ablock, wblock, zero;
     PlaneRows pa, pw;  // popcount
   };
 
@@ -519,20 +510,20 @@ class GemmRun {
   }
 
   void run_task(TaskScratch& s, int64_t m0, int64_t m1, int64_t n0, int64_t n1) const {
-    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data);
-    const uint32_t* zero = reinterpret_cast<const uint32_t*>(s.zero.data);
+    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data());
+    const uint32_t* zero = reinterpret_cast<const uint32_t*>(s.zero.data());
     if (popcount_) list_plane_rows(p_.a, m0, m1, pop_tile_a(m1 - m0), zero, s.pa);
     for (int64_t s0 = 0; s0 < kend_; s0 += ks_) {
       const int64_t s1 = std::min(kend_, s0 + ks_);
       if (!popcount_ && !panel_)
-        unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, ks_ * esize_, s.ablock.data);
+        unpack_rows(p_.a, plan_.a_spec, plan_.a_parts, m0, m1, s0 / 32, (s1 - s0) / 32, ks_ * esize_, s.ablock.data());
       for (int64_t ns0 = n0; ns0 < n1; ns0 += ns_) {
         const int64_t ns1 = std::min(n1, ns0 + ns_);
         if (popcount_)
           list_plane_rows(p_.w, ns0, ns1, kern_.pop_rows_w, zero, s.pw);
         else if (!panel_)
           unpack_rows(p_.w, plan_.w_spec, plan_.w_parts, ns0, ns1, s0 / 32, (s1 - s0) / 32, ks_ * esize_,
-                      s.wblock.data);
+                      s.wblock.data());
         for (int64_t c0 = s0; c0 < s1;) {
           const int64_t g = c0 / glen_, gend = std::min(kend_, (g + 1) * glen_), c1 = std::min(s1, gend);
           if (c0 == g * glen_)
@@ -585,7 +576,7 @@ class GemmRun {
   void popcount_tiles(const TaskScratch& s, int64_t ns0, int64_t n0, int64_t c0, int64_t c1) const {
     const int ta = s.pa.tile, tw = kern_.pop_rows_w;
     const detail::PopcountTileFn tile = ta < kern_.pop_rows_a ? kern_.popcount_short[ta - 1] : kern_.popcount_tile;
-    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data) + (ns0 - n0);
+    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data()) + (ns0 - n0);
     const int64_t word0 = c0 / 32, nbytes = (c1 - c0) / 8;
     const uint32_t* pa[kMaxPopRows];
     const uint32_t* pw[kMaxPopRows];
@@ -629,16 +620,16 @@ class GemmRun {
     const int64_t nchunks = (c1 - c0) * esize_ / kChunkBytes;
     int16_t coef[kMaxDotRows];  // a split row's high part weighs 16
     for (int j = 0; j < ds; ++j) coef[j] = int16_t(s_parts == 2 && j % 2 == 1 ? 16 : 1);
-    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data);
-    auto row_ptr = [&](const Scratch& block, int parts, int64_t r, int64_t rows, int q) -> const void* {
-      return r < rows ? block.data + (r * parts + q) * part_bytes + offset : s.zero.data;
+    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data());
+    auto row_ptr = [&](const AlignedBuffer& block, int parts, int64_t r, int64_t rows, int q) -> const void* {
+      return r < rows ? block.data() + (r * parts + q) * part_bytes + offset : s.zero.data();
     };
     uint32_t out[kMaxDotRows * kMaxDotRows];
     // tile(a0, w0): A rows from a0 and W rows from w0 (relative to m0, ns0).
     auto tile = [&](int64_t a0, int64_t w0) {
       const int64_t u0 = u_is_a ? a0 : w0, v0 = u_is_a ? w0 : a0;
-      const Scratch& ublock = u_is_a ? s.ablock : s.wblock;
-      const Scratch& sblock = u_is_a ? s.wblock : s.ablock;
+      const AlignedBuffer& ublock = u_is_a ? s.ablock : s.wblock;
+      const AlignedBuffer& sblock = u_is_a ? s.wblock : s.ablock;
       const int64_t urows = u_is_a ? m1 - m0 : ns1 - ns0, srows = u_is_a ? ns1 - ns0 : m1 - m0;
       const void* up[kMaxDotRows];
       const void* sp[kMaxDotRows];
@@ -664,12 +655,12 @@ class GemmRun {
     const int pr = kern_.panel_rows;
     const int64_t cols = kern_.panel_cols;
     const uint8_t* panel = w_pre_ + (ns0 - w_pre_row0_) * kend_ + c0 / 4 * cols * 4;
-    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data) + (ns0 - n0);
+    uint32_t* ctile = reinterpret_cast<uint32_t*>(s.ctile.data()) + (ns0 - n0);
     const uint8_t* a[detail::kMaxPanelRows];
     for (int64_t a0 = 0; a0 < m1 - m0; a0 += pr) {
       const int rows = int(std::min<int64_t>(pr, m1 - m0 - a0));
       for (int i = 0; i < pr; ++i)
-        a[i] = i < rows ? a_pre_ + (m0 + a0 + i - a_pre_row0_) * kend_ + c0 : s.zero.data;
+        a[i] = i < rows ? a_pre_ + (m0 + a0 + i - a_pre_row0_) * kend_ + c0 : s.zero.data();
       kern_.panel_gemm(a, panel, (c1 - c0) / 4, plan_.u_is_a, ctile + a0 * nb_, nb_, rows, int(ns1 - ns0));
     }
   }
@@ -677,7 +668,7 @@ class GemmRun {
   void epilogue(TaskScratch& s, int64_t g, int64_t m0, int64_t m1, int64_t ns0, int64_t ns1, int64_t n0) const {
     const int64_t k_g = std::min(p_.k, (g + 1) * glen_) - g * glen_;
     const int64_t cols = ns1 - ns0;
-    float* sw = reinterpret_cast<float*>(s.sw.data);
+    float* sw = reinterpret_cast<float*>(s.sw.data());
     if (p_.scaled)
       for (int64_t n = ns0; n < ns1; ++n)
         sw[n - ns0] = p_.w_scale[n * p_.w_scale_stride_row + g * p_.w_scale_stride_group];
@@ -695,12 +686,12 @@ class GemmRun {
     e.out_dtype = p_.out_dtype;
     e.bias = p_.bias ? static_cast<const uint8_t*>(p_.bias) + ns0 * out_elem : nullptr;
     for (int64_t m = m0; m < m1; ++m) {
-      e.dot = reinterpret_cast<const uint32_t*>(s.ctile.data) + (m - m0) * nb_ + (ns0 - n0);
+      e.dot = reinterpret_cast<const uint32_t*>(s.ctile.data()) + (m - m0) * nb_ + (ns0 - n0);
       e.rsa = uint32_t(rsa_[g * rsa_group_stride_ + m]);
       e.oaz = uint32_t(oaz_[m]);
       e.koa = uint32_t(k_g) * uint32_t(p_.a.offset[m]);
       if (p_.scaled) {
-        e.facc = reinterpret_cast<float*>(s.facc.data) + (m - m0) * nb_ + (ns0 - n0);
+        e.facc = reinterpret_cast<float*>(s.facc.data()) + (m - m0) * nb_ + (ns0 - n0);
         e.sa = p_.a_scale[m * p_.a_scale_stride_row + g * p_.a_scale_stride_group];
       }
       e.out = static_cast<uint8_t*>(p_.out) + (m * p_.out_stride + ns0) * out_elem;

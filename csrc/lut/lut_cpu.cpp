@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
 #include "common/parallel.h"
@@ -273,8 +274,9 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
 
   // Tables: one (token, group) pair per work item.
   const int64_t table_bytes = precise ? kTableSlots * kTableEntries * int64_t(sizeof(float)) : kTableBytes;
-  std::vector<uint8_t> table_store(size_t(p.n * kblocks * table_bytes) + 64);
-  void* tables = table_store.data() + (-reinterpret_cast<uintptr_t>(table_store.data()) & 63);
+  AlignedBuffer table_store;
+  table_store.resize(size_t(p.n * kblocks * table_bytes));
+  void* tables = table_store.data();
   std::vector<float> unit(size_t(p.n * kblocks)), group_sum(size_t(p.n * ngroups));
   const Int8Kernels kernels = int8_kernels();
   const int64_t groups_per_piece = std::max<int64_t>(1, 1024 / p.group_size);

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
 #include "common/parallel.h"
@@ -81,40 +82,29 @@ void pack_x_scalar(const void* x, int64_t x_stride, DType dtype, int64_t n, int6
 
 const CpuKernels kScalarKernels = {"scalar", false, pack_x_scalar, run_scalar, scratch_floats_scalar};
 
-// The kernels this CPU can run, best first.
-std::vector<const CpuKernels*> usable_kernels() {
-  std::vector<const CpuKernels*> out;
+// The kernels this CPU can run at the active ISA level, best first; returns how many (<= 4).
+int usable_kernels(const CpuKernels* (&out)[4]) {
+  int n = 0;
 #ifdef FASTOPS_HAVE_AVX2_KERNELS
   const CpuFeatures& f = cpu_features();
-  if (active_isa() >= Isa::avx512 && f.avx512_vbmi2 && f.avx512_bf16) out.push_back(&detail::avx512_kernels());
-  if (active_isa() >= Isa::avx512) out.push_back(&detail::avx512f_kernels());
-  if (active_isa() >= Isa::avx2) out.push_back(&detail::avx2_kernels());
+  if (active_isa() >= Isa::avx512 && f.avx512_vbmi2 && f.avx512_bf16) out[n++] = &detail::avx512_kernels();
+  if (active_isa() >= Isa::avx512) out[n++] = &detail::avx512f_kernels();
+  if (active_isa() >= Isa::avx2) out[n++] = &detail::avx2_kernels();
 #endif
-  out.push_back(&kScalarKernels);
-  return out;
+  out[n++] = &kScalarKernels;
+  return n;
 }
 
 std::atomic<const CpuKernels*> forced_kernels{nullptr};  // set_cpu_kernels
 
 const CpuKernels& active_kernels() {
   if (const CpuKernels* k = forced_kernels.load()) return *k;
-  return *usable_kernels().front();
+  const CpuKernels* usable[4];
+  usable_kernels(usable);
+  return *usable[0];
 }
 
 // ---- driver ------------------------------------------------------------------------------------
-// 64-byte aligned scratch that only grows.
-struct Scratch {
-  std::vector<float> raw;
-  float* data = nullptr;
-  float* ensure(int64_t floats) {
-    if (int64_t(raw.size()) < floats + 16) {
-      raw.assign(size_t(floats + 16), 0.0f);
-      data = raw.data() + ((-reinterpret_cast<uintptr_t>(raw.data()) & 63) / sizeof(float));
-    }
-    return data;
-  }
-};
-
 constexpr int64_t kSlabTokens = 256;    // tokens whose packed x is live at once (x is re-packed per slab)
 constexpr int64_t kMinPartTokens = 8;   // a task's token range is at least this (unless the slab is smaller)
 constexpr int kTasksPerThread = 4;      // load balance
@@ -150,7 +140,10 @@ void set_cpu_kernels(const std::string& name) {
     return;
   }
   std::string names;
-  for (const CpuKernels* k : usable_kernels()) {
+  const CpuKernels* usable[4];
+  const int count = usable_kernels(usable);
+  for (int i = 0; i < count; ++i) {
+    const CpuKernels* k = usable[i];
     if (name == k->name) {
       forced_kernels = k;
       return;
@@ -165,15 +158,14 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
   const Weight& w = p.w;
   if (p.n == 0 || w.m == 0) return;
   const CpuKernels& kern = active_kernels();
-  const int64_t kp = padded_cols(w.k), units = units_per_strip(w.k);
+  const int64_t kp = padded_cols(w.k);
   const int64_t groups = ceil_div(num_strips(w.m), G);
   const int64_t x_bytes = kern.bf16_pairs && w.dtype == DType::bf16 ? 2 : 4;
   const int64_t elem = w.dtype == DType::f32 ? 4 : 2;
-  const std::vector<uint32_t> zero_masks(size_t(units), 0u);
-  Scratch xbuf;
+  thread_local AlignedBuffer packed_x;  // the caller's: reused across calls
   for (int64_t slab0 = 0; slab0 < p.n; slab0 += kSlabTokens) {
     const int64_t ns = std::min(kSlabTokens, p.n - slab0);
-    void* xp = xbuf.ensure(ceil_div(ns * kp * x_bytes, 4));
+    void* xp = packed_x.grow(size_t(ns * kp * x_bytes));
     const void* x = static_cast<const char*>(p.x) + slab0 * p.x_stride * elem;
     if (p.x_col_stride == 1) kern.pack_x(x, p.x_stride, w.dtype, ns, w.k, kp, xp);
     else pack_x_strided(x, p.x_stride, p.x_col_stride, w.dtype, x_bytes == 2, ns, w.k, kp, xp);
@@ -182,7 +174,7 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
                                      ceil_div(ns, kMinPartTokens));
     const int64_t part_tokens = ceil_div(ns, parts);
     parallel_for(groups * parts, 1, nthreads, [&](int64_t begin, int64_t end) {
-      thread_local Scratch scratch;
+      thread_local AlignedBuffer scratch;
       for (int64_t i = begin; i < end; ++i) {
         Task t;
         t.w = &w;
@@ -194,8 +186,7 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
         t.y = static_cast<char*>(p.y) + (slab0 + t.token0) * p.y_stride * elem;
         t.y_stride = p.y_stride;
         t.bias = p.bias;
-        t.zero_masks = zero_masks.data();
-        t.scratch = scratch.ensure(kern.scratch_floats(t.tokens));
+        t.scratch = static_cast<float*>(scratch.grow(size_t(kern.scratch_floats(t.tokens)) * sizeof(float)));
         kern.run(t);
       }
     });

@@ -196,11 +196,8 @@ void run_dtype(const Task& t) {
     for (int g = 0; g < G; ++g) {
       if (!s.rows[g]) continue;
       for (int64_t tok = 0; tok < t.tokens; tok += kBlock) {
-        switch (std::min<int64_t>(kBlock, t.tokens - tok)) {
-          case 1: strip_tokens<D, 1>(t, s, g, tok, u0, nu, tile, first, last); break;
-          case 2: strip_tokens<D, 2>(t, s, g, tok, u0, nu, tile, first, last); break;
-          default: strip_tokens<D, 3>(t, s, g, tok, u0, nu, tile, first, last); break;
-        }
+        with_count<1, kBlock>(int(std::min<int64_t>(kBlock, t.tokens - tok)),
+                              [&](auto c) { strip_tokens<D, c.value>(t, s, g, tok, u0, nu, tile, first, last); });
       }
     }
   }

@@ -89,27 +89,18 @@ void bf16_tokens(const Task& t, Streams<uint16_t>& s, int g0, int64_t tok, int64
     }
 }
 
-// nt in [NTmin, NT]: the instantiation for exactly nt tokens.
-template <int GS, int NT, int NTmin>
-void bf16_tokens_dispatch(int nt, const Task& t, Streams<uint16_t>& s, int g0, int64_t tok, int64_t u0, int64_t nu,
-                          const __m512i* tile, bool first, bool last) {
-  if constexpr (NT > NTmin) {
-    if (nt < NT) return bf16_tokens_dispatch<GS, NT - 1, NTmin>(nt, t, s, g0, tok, u0, nu, tile, first, last);
-  }
-  bf16_tokens<GS, NT>(t, s, g0, tok, u0, nu, tile, first, last);
-}
-
 void run_bf16(const Task& t) {
   Streams<uint16_t> s = open_streams<uint16_t>(t);
   const int64_t units = units_per_strip(t.w->k);
   const int nt = int(std::min<int64_t>(t.tokens, 2 * kBf16Block));
   if (t.tokens <= kBf16Block) {  // decode straight into the multiply: all strips x up to 4 tokens
-    bf16_tokens_dispatch<G, kBf16Block, 1>(nt, t, s, 0, 0, 0, units, nullptr, true, true);
+    with_count<1, kBf16Block>(nt, [&](auto c) { bf16_tokens<G, c.value>(t, s, 0, 0, 0, units, nullptr, true, true); });
     return;
   }
   if (t.tokens <= 2 * kBf16Block) {  // the same, half the strips at a time x up to 8 tokens
     for (int g0 = 0; g0 < G; g0 += G / 2)
-      bf16_tokens_dispatch<G / 2, 2 * kBf16Block, kBf16Block + 1>(nt, t, s, g0, 0, 0, units, nullptr, true, true);
+      with_count<kBf16Block + 1, 2 * kBf16Block>(
+          nt, [&](auto c) { bf16_tokens<G / 2, c.value>(t, s, g0, 0, 0, units, nullptr, true, true); });
     return;
   }
   // Expand a chunk of units once into the tile, then run every token block over it.
@@ -119,8 +110,9 @@ void run_bf16(const Task& t) {
     for (int64_t u = u0; u < u0 + nu; ++u)
       for (int g = 0; g < G; ++g) _mm512_store_si512(tile + (u - u0) * G + g, expand16(s.masks[g][u], s.vals[g]));
     for (int64_t tok = 0; tok < t.tokens; tok += kBf16TileBlock)
-      bf16_tokens_dispatch<G, kBf16TileBlock, 1>(int(std::min<int64_t>(kBf16TileBlock, t.tokens - tok)), t, s, 0, tok,
-                                                u0, nu, tile, u0 == 0, u0 + nu == units);
+      with_count<1, kBf16TileBlock>(int(std::min<int64_t>(kBf16TileBlock, t.tokens - tok)), [&](auto c) {
+        bf16_tokens<G, c.value>(t, s, 0, tok, u0, nu, tile, u0 == 0, u0 + nu == units);
+      });
   }
 }
 

@@ -154,28 +154,19 @@ void pair_tokens(const Task& t, Streams<void>& s, int g0, int64_t tok, int64_t u
     }
 }
 
-// nt in [NTmin, NT]: the instantiation for exactly nt tokens.
-template <class Isa, DType D, int GS, int NT, int NTmin>
-void pair_tokens_dispatch(int nt, const Task& t, Streams<void>& s, int g0, int64_t tok, int64_t u0, int64_t nu,
-                          const __m512* tile, bool first, bool last) {
-  if constexpr (NT > NTmin) {
-    if (nt < NT) return pair_tokens_dispatch<Isa, D, GS, NT - 1, NTmin>(nt, t, s, g0, tok, u0, nu, tile, first, last);
-  }
-  pair_tokens<Isa, D, GS, NT>(t, s, g0, tok, u0, nu, tile, first, last);
-}
-
 template <class Isa, DType D>
 void run_pairs(const Task& t) {
   Streams<void> s = open_streams<void>(t);
   const int64_t units = units_per_strip(t.w->k);
   const int nt = int(std::min<int64_t>(t.tokens, kPairStripBlock));
   if (t.tokens <= kPairBlock) {  // decode straight into the multiply: all strips x up to 2 tokens
-    pair_tokens_dispatch<Isa, D, G, kPairBlock, 1>(nt, t, s, 0, 0, 0, units, nullptr, true, true);
+    with_count<1, kPairBlock>(nt, [&](auto c) { pair_tokens<Isa, D, G, c.value>(t, s, 0, 0, 0, units, nullptr, true, true); });
     return;
   }
   if (t.tokens <= kPairStripBlock) {  // the same, one strip at a time x up to 8 tokens
     for (int g0 = 0; g0 < G && s.rows[g0]; ++g0)  // stand-in strips come last
-      pair_tokens_dispatch<Isa, D, 1, kPairStripBlock, kPairBlock + 1>(nt, t, s, g0, 0, 0, units, nullptr, true, true);
+      with_count<kPairBlock + 1, kPairStripBlock>(
+          nt, [&](auto c) { pair_tokens<Isa, D, 1, c.value>(t, s, g0, 0, 0, units, nullptr, true, true); });
     return;
   }
   __m512* tile = reinterpret_cast<__m512*>(t.scratch + t.tokens * G * 32);
@@ -188,8 +179,9 @@ void run_pairs(const Task& t) {
         _mm512_store_ps(tile + ((u - u0) * G + g) * 2 + 1, w.hi);
       }
     for (int64_t tok = 0; tok < t.tokens; tok += kPairBlock)
-      pair_tokens_dispatch<Isa, D, G, kPairBlock, 1>(int(std::min<int64_t>(kPairBlock, t.tokens - tok)), t, s, 0, tok,
-                                                     u0, nu, tile, u0 == 0, u0 + nu == units);
+      with_count<1, kPairBlock>(int(std::min<int64_t>(kPairBlock, t.tokens - tok)), [&](auto c) {
+        pair_tokens<Isa, D, G, c.value>(t, s, 0, tok, u0, nu, tile, u0 == 0, u0 + nu == units);
+      });
   }
 }
 

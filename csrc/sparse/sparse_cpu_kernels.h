@@ -9,6 +9,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "sparse/sparse.h"
@@ -34,8 +35,7 @@ struct Task {
   void* y = nullptr;            // row token0 of the output (row stride y_stride, weight dtype)
   int64_t y_stride = 0;
   const void* bias = nullptr;   // [m] or nullptr
-  const uint32_t* zero_masks = nullptr;  // U zero masks that stand in for strips past the end
-  float* scratch = nullptr;     // scratch_floats(tokens) floats, 64-byte aligned
+  float* scratch = nullptr;     // scratch_floats(tokens) floats, 64-byte aligned, contents undefined
 };
 
 struct CpuKernels {
@@ -68,12 +68,24 @@ Streams<V> open_streams(const Task& t) {
   for (int g = 0; g < kGroupStrips; ++g) {
     const int64_t strip = t.strip0 + g;
     const bool real = strip < strips;
-    s.masks[g] = real ? w.masks + strip * units : t.zero_masks;
-    const char* first = static_cast<const char*>(w.values) + (real ? w.strip_offsets[strip] : 0) * elem_bytes;
+    // A strip past the end decodes the group's first strip again (in bounds, never stored: rows 0).
+    const int64_t source = real ? strip : t.strip0;
+    s.masks[g] = w.masks + source * units;
+    const char* first = static_cast<const char*>(w.values) + w.strip_offsets[source] * elem_bytes;
     s.vals[g] = static_cast<const V*>(static_cast<const void*>(first));
     s.rows[g] = real ? int(std::min<int64_t>(kStripRows, w.m - strip * kStripRows)) : 0;
   }
   return s;
+}
+
+// Calls f(std::integral_constant<int, n>) for a run-time n in [Lo, Hi]: the register-blocked loops take
+// their token count as a template argument.
+template <int Lo, int Hi, class F>
+void with_count(int n, F&& f) {
+  if constexpr (Hi > Lo) {
+    if (n < Hi) return with_count<Lo, Hi - 1>(n, f);
+  }
+  f(std::integral_constant<int, Hi>{});
 }
 
 }  // namespace
