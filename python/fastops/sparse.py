@@ -381,7 +381,8 @@ def spmm(x: torch.Tensor, w: SparseWeight, bias: Optional[torch.Tensor] = None) 
     any number of tokens, accumulated in fp32. Differentiable with respect to x (and bias).
 
     On CPUs with AVX512-BF16 the bf16 kernel's VDPBF16PS treats subnormal inputs and results as zero (as
-    the instruction always does); other kernels keep them."""
+    the instruction always does); other kernels keep them. The CPU reads x with any strides; on CUDA an x
+    whose last dimension is strided, or whose rows overlap, is first copied to a contiguous tensor."""
     op = "spmm"
     if not isinstance(w, SparseWeight):
         raise TypeError(f"{op}: w must be a fastops.sparse.SparseWeight (see fastops.sparse.pack), got {type(w).__name__}")
