@@ -4,10 +4,11 @@
     y = fastops.lut_gemm(x, w)                          # x[..., K] fp16/bf16/fp32 on CPU or CUDA
     c = fastops.bitgemm.gemm(a, w)                      # exact low-bit integer GEMM (bit-sliced)
     y = fastops.spmm(x, fastops.sparse.pack(w_pruned))  # unstructured-sparse weight (exact)
+    m = fastops.so3.TensorProductConv(...)(x, sh, w, senders, receivers)  # e3nn-exact equivariant TP
 """
 from . import _C
 from ._info import format_info, info
-from . import bitgemm, lut, nn, sparse, trie
+from . import bitgemm, lut, nn, so3, sparse, trie
 from .lut import LutWeight, lut_gemm
 from .sparse import SparseWeight, spmm
 
@@ -30,5 +31,5 @@ def set_cpu_isa(name: str) -> None:
     _C.set_isa(name)
 
 
-__all__ = ["bitgemm", "lut", "nn", "sparse", "trie", "lut_gemm", "LutWeight", "spmm", "SparseWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
+__all__ = ["bitgemm", "lut", "nn", "so3", "sparse", "trie", "lut_gemm", "LutWeight", "spmm", "SparseWeight", "info", "format_info", "cuda_available", "set_cpu_isa",
            "built_with_cuda", "__version__"]

@@ -38,7 +38,8 @@ def info() -> dict:
         "kernels": {"lut_gemm (cpu)": _C.lut_cpu_kernel_name(False),
                     "lut_gemm (cpu, precise)": _C.lut_cpu_kernel_name(True),
                     "bitgemm W4A8 (cpu, 1 / 256 rows)": ", ".join(_C.bitgemm_cpu_kernel_name(m, 8, 4) for m in (1, 256)),
-                    "spmm (cpu)": _C.sparse_cpu_kernel_name()},
+                    "spmm (cpu)": _C.sparse_cpu_kernel_name(),
+                    "so3 tensor product (cpu)": _C.so3_cpu_kernel_name()},
         "torch": torch.__version__,
         "torch_cuda_available": torch.cuda.is_available(),
     }

@@ -1,0 +1,148 @@
+"""fastops.so3 Clebsch-Gordan tensor products against e3nn 0.6, the implementation users would otherwise run
+(and the only one of the anchors with a CPU path).
+
+so3_conv: the fused message-passing form out[i] = sum_{edges j->i} TP(x[j], Y[edge], w[edge]) with per-edge
+weights (MACE's interaction). fastops runs TensorProductConv (receiver and sender orders precomputed,
+as a model reuses them across layers); e3nn gathers, runs o3.TensorProduct on every edge and index_adds
+the [E, out] messages. `pass`: fwd, or fwd_bwd (forward plus gradients of every input, what force
+training needs per step). The e3nn peer runs on a graph of 1e4 edges (its time grows linearly with E;
+1e5 edges would take minutes and ~10 GB); fastops also runs the issue's 1e5 edges over 5e3 nodes.
+so3_tp: the unfused batched TensorProduct (per-sample weights for MACE, shared for the fully connected one).
+
+Problems (fp32): mace-24p = 128x0e+128x1o+128x2e x Y(l<=3) -> every irrep l<=3 (24 uvu paths, the issue's
+e3nn baseline); mace-large-17p = OpenEquivariance's mace-large (outputs 0e+1o+2e+3o, 17 paths);
+fc-32ch = 32x0e+32x1o+32x2e x itself -> itself, fully connected (uvw, shared weights). FLOPs: the
+OpenEquivariance count (benchmark/metrics.py: forward sum 3 nnz mul1 mul2 + (2l3+1)|w|, backward 9 nnz
+mul1 mul2). Bytes: the fused minimum (x, Y, w and out once; fwd_bwd adds grad_out and the three gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import harness
+from harness import Case, Prepared, Rotation, memo
+
+PROBLEMS = {
+    "mace-24p": ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+0o+1e+1o+2e+2o+3e+3o"),
+    "mace-large-17p": ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o"),
+}
+FC = ("32x0e+32x1o+32x2e", "32x0e+32x1o+32x2e", "32x0e+32x1o+32x2e")
+
+
+def _plan(device: str, quick: bool) -> dict:
+    if quick:
+        return {"graphs": [(100, 2000)], "problems": ["mace-24p"], "passes": ["fwd", "fwd_bwd"], "tp": []}
+    return {"graphs": [(500, 10_000), (5000, 100_000)], "problems": list(PROBLEMS),
+            "passes": ["fwd", "fwd_bwd"], "tp": [("mace-24p", 2000), ("fc-32ch", 1000)]}
+
+
+def _channelwise(problem: str, conv: bool):
+    import fastops.so3 as so3
+
+    node, sh, target = PROBLEMS[problem]
+    return so3.channelwise_tp(node, sh, target, conv=conv)
+
+
+def _e3nn_tp(ours):
+    from e3nn import o3
+
+    return o3.TensorProduct(ours.irreps_in1, ours.irreps_in2, ours.irreps_out,
+                            [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight, i.path_weight)
+                             for i in ours.instructions],
+                            shared_weights=ours.shared_weights, internal_weights=False)
+
+
+def _graph(nodes: int, edges: int, d1: int, d2: int, weight_numel: int):
+    gen = torch.Generator().manual_seed(edges)
+    x = torch.randn(nodes, d1, generator=gen)
+    y = torch.randn(edges, d2, generator=gen)
+    w = torch.randn(edges, weight_numel, generator=gen)
+    senders = torch.randint(0, nodes, (edges,), generator=gen)
+    receivers = torch.randint(0, nodes, (edges,), generator=gen)
+    return x, y, w, senders, receivers
+
+
+def _conv_case(device: str, problem: str, nodes: int, edges: int, pass_: str, impl: str) -> Case:
+    def prepare() -> Prepared:
+        import fastops.so3 as so3
+
+        conv = memo(("conv", problem), lambda: _channelwise(problem, conv=True))
+        plan = conv.plan
+        x, y, w, s, r = memo(("graph", problem, nodes, edges),
+                             lambda: _graph(nodes, edges, plan.irreps_in1.dim, plan.irreps_in2.dim, plan.weight_numel))
+        dout = plan.irreps_out.dim
+        grad = memo(("grad", problem, nodes), lambda: torch.randn(nodes, dout, generator=torch.Generator().manual_seed(1)))
+        if impl == "fastops":
+            r_order, s_order = memo(("orders", nodes, edges), lambda: so3.edge_orders(s, r))
+
+            def forward(x, y, w):
+                return conv(x, y, w, s, r, receiver_order=r_order, sender_order=s_order)
+        else:
+            tp = memo(("e3nn", problem), lambda: _e3nn_tp(conv))
+
+            def forward(x, y, w):
+                return torch.zeros(nodes, dout).index_add_(0, r, tp(x[s], y, w))
+
+        if pass_ == "fwd":
+            def run(operands):
+                with torch.no_grad():
+                    return forward(*operands)
+            operands = (x, y, w)
+        else:
+            def run(operands):
+                return torch.autograd.grad(forward(*operands), operands, grad)
+            operands = tuple(t.detach().requires_grad_() for t in (x, y, w))
+        fwd_flops, bwd_flops = plan.flops_per_sample(), plan.flops_per_sample(backward=True)
+        nbytes = 4 * (x.numel() + y.numel() + w.numel() + nodes * dout)
+        flops = edges * fwd_flops
+        if pass_ == "fwd_bwd":
+            nbytes *= 2
+            flops += edges * bwd_flops
+        return Prepared(run, Rotation(operands, device, min_copies=1), nbytes, flops, torch.float32)
+
+    return Case("so3_conv", device, f"{problem}/V{nodes}/E{edges}", {"pass": pass_}, impl, prepare, rows=edges)
+
+
+def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
+    def prepare() -> Prepared:
+        import fastops.so3 as so3
+
+        if problem == "fc-32ch":
+            ours = memo(("fc",), lambda: so3.fully_connected_tp(*FC))
+        else:
+            ours = memo(("tp", problem), lambda: _channelwise(problem, conv=False))
+        plan = ours.plan
+        gen = torch.Generator().manual_seed(batch)
+        x1 = torch.randn(batch, plan.irreps_in1.dim, generator=gen)
+        x2 = torch.randn(batch, plan.irreps_in2.dim, generator=gen)
+        w = (torch.randn(plan.weight_numel, generator=gen) if ours.shared_weights
+             else torch.randn(batch, plan.weight_numel, generator=gen))
+        tp = ours if impl == "fastops" else memo(("e3nn_tp", problem), lambda: _e3nn_tp(ours))
+
+        def run(operands):
+            with torch.no_grad():
+                return tp(*operands)
+        nbytes = 4 * (x1.numel() + x2.numel() + w.numel() + batch * plan.irreps_out.dim)
+        return Prepared(run, Rotation((x1, x2, w), device), nbytes, batch * plan.flops_per_sample(), torch.float32)
+
+    return Case("so3_tp", device, f"{problem}/Z{batch}", {"pass": "fwd"}, impl, prepare, rows=batch)
+
+
+def build_cases(device: str, quick: bool) -> list[Case]:
+    if device != "cpu":
+        return []  # the CUDA cases (cuEquivariance / OpenEquivariance peers) are not written yet
+    plan = _plan(device, quick)
+    cases = []
+    for problem in plan["problems"]:
+        for nodes, edges in plan["graphs"]:
+            for pass_ in plan["passes"]:
+                impls = ("fastops", "e3nn") if edges <= 10_000 else ("fastops",)
+                cases += [_conv_case(device, problem, nodes, edges, pass_, impl) for impl in impls]
+    for problem, batch in plan["tp"]:
+        cases += [_tp_case(device, problem, batch, impl) for impl in ("fastops", "e3nn")]
+    return cases
+
+
+if __name__ == "__main__":
+    harness.main(build_cases)
