@@ -229,11 +229,11 @@ Compiled compile_plan(const PlanView& plan, const char* op) {
     P.pair_count = int32_t(c.pairs.size()) - P.pair_begin;
     c.max_pairs = std::max<int64_t>(c.max_pairs, P.pair_count);
     if (P.mode == Mode::uvw || P.mode == Mode::uuw) {
-      const int64_t pairs = P.mode == Mode::uvw ? int64_t(P.mul1) * P.mul2 : P.mul1;
-      c.max_t_scalars = std::max<int64_t>(c.max_t_scalars, pairs * P.d3);
+      const int64_t per_u = P.mode == Mode::uvw ? int64_t(P.d3) * P.mp2 : P.d3;
+      c.max_t_scalars = std::max<int64_t>(c.max_t_scalars, int64_t(P.mul1) * per_u);
     }
     if (P.mode == Mode::uvu && P.mul2 > 1) c.max_mul1_pad = std::max<int64_t>(c.max_mul1_pad, P.mp1);
-    if (P.mode == Mode::uuu) c.any_uuu = true;
+    if (P.mode == Mode::uuu || P.mode == Mode::uvw) c.needs_x2_t = true;
     c.paths.push_back(P);
   }
   c.pair_cg_bounds.push_back(int32_t(c.cg.size()));

@@ -91,20 +91,43 @@ struct Kernels {
     }
   }
 
-  // T_p[k] for every pair p of a uvw / uuw path (u, v) = (p / mul2, p % mul2) or (p, p).
-  static void pair_scalars(const Compiled& c, const CompiledPath& P, const T* x1_t, const T* x2_row, T* ts) {
-    const int64_t pairs = P.mode == Mode::uvw ? int64_t(P.mul1) * P.mul2 : P.mul1;
+  // T_p[k] for every pair p of a uvw / uuw path, at ts[t_index(P, u, v, k)]: for uvw, [u][k][v] with v
+  // padded to mp2 (computed with vectors over v from x2 in the T layout); for uuw, [u][k].
+  static int64_t t_stride(const CompiledPath& P) { return P.mode == Mode::uvw ? P.mp2 : 1; }
+  static int64_t t_index(const CompiledPath& P, int64_t u, int64_t v, int64_t k) {
+    return P.mode == Mode::uvw ? (u * P.d3 + k) * P.mp2 + v : u * P.d3 + k;
+  }
+  static void pair_scalars(const Compiled& c, const CompiledPath& P, const T* x1_t, const T* x2_row,
+                           const T* x2_t, T* ts) {
     const T* a = x1_t + P.x1_t;
-    const T* x2 = x2_row + P.x2_row;
-    zero_fill(ts, pairs * P.d3);
-    for (int64_t p = 0; p < pairs; ++p) {
-      const int64_t u = P.mode == Mode::uvw ? p / P.mul2 : p, v = P.mode == Mode::uvw ? p % P.mul2 : p;
-      T* tp = ts + p * P.d3;
-      for (int32_t e = P.cg_begin; e < P.cg_begin + P.cg_count; ++e) {
-        const Entry& en = c.cg[e];
-        tp[en.k] += cg_value<T>(en) * a[int64_t(en.i) * P.mp1 + u] * x2[v * P.d2 + en.j];
-      }
+    if (P.mode == Mode::uuw) {
+      const T* x2 = x2_row + P.x2_row;
+      zero_fill(ts, int64_t(P.mul1) * P.d3);
+      for (int64_t u = 0; u < P.mul1; ++u)
+        for (int32_t e = P.cg_begin; e < P.cg_begin + P.cg_count; ++e) {
+          const Entry& en = c.cg[e];
+          ts[u * P.d3 + en.k] += cg_value<T>(en) * a[int64_t(en.i) * P.mp1 + u] * x2[u * P.d2 + en.j];
+        }
+      return;
     }
+    const T* b = x2_t + P.x2_t;
+    const int32_t* kc = c.k_cg_bounds.data() + P.k_ranges;
+    for (int64_t u = 0; u < P.mul1; ++u)
+      for (int32_t k = 0; k < P.d3; ++k) {
+        T* tk = ts + t_index(P, u, 0, k);
+        u_blocks<4>(P.mul2, [&](auto block, int32_t v0) {
+          constexpr int U = decltype(block)::value;
+          V acc[U];
+          for (int j = 0; j < U; ++j) acc[j] = V::zero();
+          for (int32_t e = kc[k]; e < kc[k + 1]; ++e) {
+            const Entry& en = c.cg[e];
+            const V sv = V::set1(cg_value<T>(en) * a[int64_t(en.i) * P.mp1 + u]);
+            const T* bj = b + int64_t(en.j) * P.mp2 + v0;
+            for (int j = 0; j < U; ++j) acc[j] = V::fma(sv, V::load(bj + j * W), acc[j]);
+          }
+          for (int j = 0; j < U; ++j) V::store(tk + v0 + j * W, acc[j]);
+        });
+      }
   }
 
   // Calls f(std::integral_constant<int, U>, u0) over the vectors of `mul` channels in blocks of U = MaxU,
@@ -148,17 +171,19 @@ struct Kernels {
 
   // acc[k][w] += sum_p T_p[k] W[p][w] for KC components k0.. at once (KC accumulators in registers).
   template <int KC>
-  static void pairs_times_weight(const CompiledPath& P, int64_t pairs, const T* ts, const T* w, int32_t k0,
-                                 T* acc) {
+  static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
+    const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1, stride = t_stride(P);
     for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
       const int64_t n = P.mul_out - w0;
       V a[KC];
       for (int c = 0; c < KC; ++c) a[c] = V::load(acc + int64_t(k0 + c) * P.mpo + w0);
-      for (int64_t p = 0; p < pairs; ++p) {
-        const V wv = weight_vec(w ? w + p * P.mul_out + w0 : nullptr, n);
-        const T* tp = ts + p * P.d3 + k0;
-        for (int c = 0; c < KC; ++c) a[c] = V::fma(V::set1(tp[c]), wv, a[c]);
-      }
+      for (int64_t u = 0; u < P.mul1; ++u)
+        for (int64_t v = 0; v < vs; ++v) {
+          const int64_t p = u * vs + v;
+          const V wv = weight_vec(w ? w + p * P.mul_out + w0 : nullptr, n);
+          const T* tp = ts + t_index(P, u, v, k0);
+          for (int c = 0; c < KC; ++c) a[c] = V::fma(V::set1(tp[c * stride]), wv, a[c]);
+        }
       for (int c = 0; c < KC; ++c) V::store(acc + int64_t(k0 + c) * P.mpo + w0, a[c]);
     }
   }
@@ -214,14 +239,13 @@ struct Kernels {
           }
         });
       } else {  // uvw, uuw
-        const int64_t pairs = P.mode == Mode::uvw ? int64_t(P.mul1) * P.mul2 : P.mul1;
-        pair_scalars(c, P, x1_t, x2_row, s.t_scalars);
+        pair_scalars(c, P, x1_t, x2_row, x2_t, s.t_scalars);
         int32_t k0 = 0;
-        for (; k0 + 4 <= P.d3; k0 += 4) pairs_times_weight<4>(P, pairs, s.t_scalars, w, k0, o);
+        for (; k0 + 4 <= P.d3; k0 += 4) pairs_times_weight<4>(P, s.t_scalars, w, k0, o);
         switch (P.d3 - k0) {
-          case 3: pairs_times_weight<3>(P, pairs, s.t_scalars, w, k0, o); break;
-          case 2: pairs_times_weight<2>(P, pairs, s.t_scalars, w, k0, o); break;
-          case 1: pairs_times_weight<1>(P, pairs, s.t_scalars, w, k0, o); break;
+          case 3: pairs_times_weight<3>(P, s.t_scalars, w, k0, o); break;
+          case 2: pairs_times_weight<2>(P, s.t_scalars, w, k0, o); break;
+          case 1: pairs_times_weight<1>(P, s.t_scalars, w, k0, o); break;
           default: break;
         }
       }
@@ -318,39 +342,41 @@ struct Kernels {
             for (int j = 0; j < U; ++j) V::add_n(gw + u0 + j * W, gw_acc[j], P.mul1 - u0 - j * W);
         });
       } else {  // uvw, uuw
-        const bool uvw = P.mode == Mode::uvw;
-        const int64_t pairs = uvw ? int64_t(P.mul1) * P.mul2 : P.mul1;
+        const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1;
         if (gw) {
-          pair_scalars(c, P, x1_t, x2_row, s.t_scalars);
-          for (int64_t p = 0; p < pairs; ++p)
-            for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
-              V acc = V::zero();
-              for (int32_t k = 0; k < P.d3; ++k)
-                acc = V::fma(V::set1(s.t_scalars[p * P.d3 + k]), V::load(g + int64_t(k) * P.mpo + w0), acc);
-              V::add_n(gw + p * P.mul_out + w0, acc, P.mul_out - w0);
-            }
+          pair_scalars(c, P, x1_t, x2_row, x2_t, s.t_scalars);
+          for (int64_t u = 0; u < P.mul1; ++u)
+            for (int64_t v = 0; v < vs; ++v)
+              for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
+                V acc = V::zero();
+                for (int32_t k = 0; k < P.d3; ++k)
+                  acc = V::fma(V::set1(s.t_scalars[t_index(P, u, v, k)]), V::load(g + int64_t(k) * P.mpo + w0), acc);
+                V::add_n(gw + (u * vs + v) * P.mul_out + w0, acc, P.mul_out - w0);
+              }
         }
         if (!gx1_t && !gx2_t) continue;
         // gT_p[k] = sum_w W[p][w] g[k][w], then the CG contraction back to x1 and x2 (scalars).
-        for (int64_t p = 0; p < pairs; ++p)
-          for (int32_t k = 0; k < P.d3; ++k) {
-            V acc = V::zero();
-            for (int32_t w0 = 0; w0 < P.mul_out; w0 += W)
-              acc = V::fma(weight_vec(w ? w + p * P.mul_out + w0 : nullptr, P.mul_out - w0),
-                           V::load(g + int64_t(k) * P.mpo + w0), acc);
-            s.gt_scalars[p * P.d3 + k] = V::hsum(acc);
-          }
+        for (int64_t u = 0; u < P.mul1; ++u)
+          for (int64_t v = 0; v < vs; ++v)
+            for (int32_t k = 0; k < P.d3; ++k) {
+              V acc = V::zero();
+              const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
+              for (int32_t w0 = 0; w0 < P.mul_out; w0 += W)
+                acc = V::fma(weight_vec(wp ? wp + w0 : nullptr, P.mul_out - w0), V::load(g + int64_t(k) * P.mpo + w0), acc);
+              s.gt_scalars[t_index(P, u, v, k)] = V::hsum(acc);
+            }
         const T* x2 = x2_row + P.x2_row;
-        for (int64_t p = 0; p < pairs; ++p) {
-          const int64_t u = uvw ? p / P.mul2 : p, v = uvw ? p % P.mul2 : p;
-          for (int32_t e = P.cg_begin; e < P.cg_begin + P.cg_count; ++e) {
-            const Entry& en = c.cg[e];
-            const T ge = cg_value<T>(en) * s.gt_scalars[p * P.d3 + en.k];
-            const int64_t ai = int64_t(en.i) * P.mp1 + u;
-            if (gx1_t) gx1_t[P.x1_t + ai] += ge * x2[v * P.d2 + en.j];
-            if (gx2_t) gx2_t[P.x2_t + int64_t(en.j) * P.mp2 + v] += ge * a[ai];
+        for (int64_t u = 0; u < P.mul1; ++u)
+          for (int64_t vi = 0; vi < vs; ++vi) {
+            const int64_t v = P.mode == Mode::uvw ? vi : u;  // the x2 channel
+            for (int32_t e = P.cg_begin; e < P.cg_begin + P.cg_count; ++e) {
+              const Entry& en = c.cg[e];
+              const T ge = cg_value<T>(en) * s.gt_scalars[t_index(P, u, vi, en.k)];
+              const int64_t ai = int64_t(en.i) * P.mp1 + u;
+              if (gx1_t) gx1_t[P.x1_t + ai] += ge * x2[v * P.d2 + en.j];
+              if (gx2_t) gx2_t[P.x2_t + int64_t(en.j) * P.mp2 + v] += ge * a[ai];
+            }
           }
-        }
       }
     }
   }
@@ -372,7 +398,7 @@ struct Kernels {
     return p.weight ? static_cast<const T*>(p.weight) + t * p.weight_stride : nullptr;
   }
   static const T* x2_t_of(const Work& wk, const Scratch& s, int64_t t) {
-    if (!wk.c->any_uuu) return nullptr;
+    if (!wk.c->needs_x2_t) return nullptr;
     to_t(wk.c->x2_blocks, x2_row_of(*wk.p, t), s.x2_t);
     return s.x2_t;
   }

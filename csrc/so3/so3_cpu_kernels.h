@@ -59,9 +59,9 @@ struct Compiled {
   std::vector<Block> x1_blocks, x2_blocks, out_blocks;
   bool x1_covered = false, x2_covered = false, out_covered = false;  // the blocks tile the whole row
   int64_t max_pairs = 0;     // most (i, k) pairs of one path
-  int64_t max_t_scalars = 0; // most T_p[k] scalars of one uvw / uuw path (pairs x d3)
+  int64_t max_t_scalars = 0; // most T_p[k] of one uvw / uuw path (mul1 x d3 x mp2, or mul1 x d3)
   int64_t max_mul1_pad = 0;  // longest weight column a uvu path with mul2 > 1 transposes
-  bool any_uuu = false;      // x2 is needed in the T layout
+  bool needs_x2_t = false;   // x2 is needed in the T layout (uuu, uvw)
 };
 
 // Validates (validate_plan) and compiles; throws ValueError naming op.

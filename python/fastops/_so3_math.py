@@ -1,48 +1,81 @@
-"""The math layer of fastops.so3, in e3nn 0.6's conventions: irreps, Wigner-3j symbols, real spherical
-harmonics and Wigner-D matrices. Pure torch (any derivative order, torch.compile-friendly) or float64 host
-constants; e3nn itself is never imported.
+"""Pure-torch math of the `fastops.so3` family: irreps bookkeeping, Wigner 3j symbols, real spherical
+harmonics and Wigner D matrices, all in e3nn 0.6's conventions (without importing e3nn).
 
-Conventions (e3nn's): an irrep "lp" has dimension 2l+1 and parity p (e = +1, o = -1); a block of `mul`
-copies is stored [mul, 2l+1] (m fastest, m = -l..l). Spherical harmonics use y as the polar axis: they are
-the standard real harmonics (no Condon-Shortley phase) of (x', y', z') = (z, x, y), so l = 1 is
-proportional to (x, y, z). Rotations: angles_to_matrix(a, b, c) = Ry(a) Rx(b) Ry(c) and
-Y(R x) = D(R) Y(x).
+Conventions (the same as e3nn):
+- Frame: the polar axis is **y**. Real SH components of degree l run m = -l..l; l = 1 is (x, y, z). They are
+  the standard real SH without Condon-Shortley phase evaluated at (x', y', z') = (z, x, y).
+- Parity: e = +1, o = -1. Data of an `Irreps` is laid out "mul_ir": block after block, each [mul, 2l+1].
+- Rotations act as Y(R x) = D(R) Y(x), with D^1(R) = R in (x, y, z) order. Euler angles are YXY:
+  R(alpha, beta, gamma) = Ry(alpha) Rx(beta) Ry(gamma) (gamma applied first).
+- wigner_3j(l1, l2, l3) is real, has Frobenius norm 1 and is invariant under D^l1 x D^l2 x D^l3.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import operator
 import re
+from collections.abc import Iterator
 from fractions import Fraction
-from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
-_IRREP_RE = re.compile(r"^\s*(\d+)\s*([eoy])\s*$")
-_MUL_IRREP_RE = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(\d+)\s*([eoy])\s*$")
+__all__ = ["Irrep", "MulIr", "Irreps", "wigner_3j", "spherical_harmonics", "wigner_D", "rand_matrix",
+           "angles_to_matrix", "matrix_to_angles"]
+
+_PARITY = {"e": 1, "o": -1}
+_TERM = re.compile(r"\s*(?:([0-9]+)\s*x\s*)?([0-9]+)\s*([eoy])\s*")
+_IRREP = re.compile(r"\s*([0-9]+)\s*([eoy])\s*")
+
+
+def _as_int(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
+def _parse_term(term: str, whole: str) -> tuple[int, "Irrep"]:
+    match = _TERM.fullmatch(term)
+    if match is None:
+        raise ValueError(f"Irreps: term {term!r} of {whole!r} is not of the form '[mul x] l p' with integers "
+                         "mul >= 0, l >= 0 and parity p in e/o/y (e.g. '16x1o' or '2e')")
+    mul, l, p = match.groups()
+    l = int(l)
+    return (1 if mul is None else int(mul)), Irrep(l, (-1) ** l if p == "y" else _PARITY[p])
 
 
 class Irrep(tuple):
-    """An irreducible representation of O(3): degree l >= 0 and parity p in {+1, -1}."""
+    """Irreducible representation (l, p) of O(3): `Irrep(1, -1)`, `Irrep("1o")`, `Irrep((1, -1))`.
 
-    def __new__(cls, l: Union[int, str, "Irrep", tuple], p: Optional[int] = None):
-        if isinstance(l, Irrep):
-            return l
-        if isinstance(l, str):
-            m = _IRREP_RE.match(l)
-            if not m:
-                raise ValueError(f"Irrep: {l!r} is not an irrep like '0e', '1o' or '2y'")
-            deg = int(m.group(1))
-            p = {"e": 1, "o": -1, "y": (-1) ** deg}[m.group(2)]
-            l = deg
-        elif isinstance(l, tuple):
-            l, p = l
-        if isinstance(l, bool) or not isinstance(l, int) or l < 0:
-            raise ValueError(f"Irrep: l must be an int >= 0, got {l!r}")
-        if p not in (-1, 1):
-            raise ValueError(f"Irrep: parity must be +1 or -1, got {p!r}")
-        return super().__new__(cls, (l, p))
+    A tuple (l, p), so equality, hash and ordering are those of the tuple (odd before even for equal l), as in
+    e3nn. "y" in a string means p = (-1)^l. Any object whose str() is an irrep ("1o") is accepted too.
+    """
+
+    def __new__(cls, l, p=None):
+        if p is None:
+            if isinstance(l, Irrep):
+                return l
+            if type(l) is tuple and len(l) == 2:
+                l, p = l
+            else:
+                text = l if isinstance(l, str) else str(l)  # e.g. another library's Irrep, printed "1o"
+                match = _IRREP.fullmatch(text)
+                if match is None:
+                    raise ValueError(f"Irrep: {text!r} is not an irrep 'lp' with an integer l >= 0 and parity p "
+                                     "in e/o/y (e.g. '1o'), nor l and p given separately")
+                l, p = int(match.group(1)), match.group(2)
+                p = (-1) ** l if p == "y" else _PARITY[p]
+        l = _as_int(l, "l")
+        if l < 0:
+            raise ValueError(f"Irrep: l must be >= 0, got {l}")
+        if isinstance(p, bool) or p not in (1, -1):
+            raise ValueError(f"Irrep: parity p must be +1 or -1, got {p!r}")
+        return super().__new__(cls, (l, int(p)))
 
     @property
     def l(self) -> int:  # noqa: E743
@@ -57,41 +90,37 @@ class Irrep(tuple):
         return 2 * self.l + 1
 
     def is_scalar(self) -> bool:
+        """True for 0e."""
         return self.l == 0 and self.p == 1
 
     def __repr__(self) -> str:
         return f"{self.l}{'e' if self.p == 1 else 'o'}"
 
-    __str__ = __repr__
-
-    def __mul__(self, other) -> Iterator["Irrep"]:
-        """The irreps of the product, by the selection rule, in ascending l."""
+    def __mul__(self, other) -> list["Irrep"]:
+        """Irreps allowed in the product (selection rule), in ascending l: |l1-l2| <= l <= l1+l2, p = p1 p2."""
         other = Irrep(other)
-        p = self.p * other.p
-        for l in range(abs(self.l - other.l), self.l + other.l + 1):
-            yield Irrep(l, p)
+        return [Irrep(l, self.p * other.p) for l in range(abs(self.l - other.l), self.l + other.l + 1)]
 
-    def __rmul__(self, mul: int) -> "Irreps":
+    def __rmul__(self, mul) -> "Irreps":
+        """`3 * Irrep("1o")` is `Irreps("3x1o")`."""
+        if isinstance(mul, bool) or not isinstance(mul, int):
+            return NotImplemented
         return Irreps([(mul, self)])
 
-    def __lt__(self, other) -> bool:  # e3nn's order: by l, odd before even
-        other = Irrep(other)
-        return (self.l, self.p) < (other.l, other.p)
+    def __add__(self, other) -> "Irreps":
+        return Irreps(self) + Irreps(other)
 
-    def __eq__(self, other) -> bool:
-        try:
-            return tuple.__eq__(self, Irrep(other))
-        except (ValueError, TypeError):
-            return False
+    def D_from_angles(self, alpha, beta, gamma, k=0) -> torch.Tensor:
+        """p^k D^l(alpha, beta, gamma), shape [..., 2l+1, 2l+1]."""
+        return Irreps(self).D_from_angles(alpha, beta, gamma, k)
 
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
-
-    def D_from_matrix(self, R: torch.Tensor) -> torch.Tensor:
-        return _D_of_irrep(self, R)
+    def D_from_matrix(self, R) -> torch.Tensor:
+        """Representation of the O(3) matrix R [..., 3, 3]; det(R) = -1 applies the parity once."""
+        return Irreps(self).D_from_matrix(R)
 
 
 class MulIr(NamedTuple):
+    """`mul` copies of the irrep `ir`."""
     mul: int
     ir: Irrep
 
@@ -103,78 +132,89 @@ class MulIr(NamedTuple):
         return f"{self.mul}x{self.ir}"
 
 
-class _Sorted(NamedTuple):
-    irreps: "Irreps"
-    p: tuple
-    inv: tuple
+def _mul_ir(entry) -> MulIr:
+    if isinstance(entry, (str, Irrep)) and not isinstance(entry, MulIr):
+        if isinstance(entry, Irrep):
+            return MulIr(1, entry)
+        mul, ir = _parse_term(entry, entry)
+        return MulIr(mul, ir)
+    if isinstance(entry, MulIr) or (type(entry) in (tuple, list) and len(entry) == 2):
+        mul, ir = entry
+        if isinstance(mul, bool) or not isinstance(mul, int) or mul < 0:
+            raise ValueError(f"Irreps: invalid entry {entry!r}: the multiplicity must be an integer >= 0")
+        return MulIr(mul, Irrep(ir))
+    text = str(entry)  # e.g. another library's MulIr / Irrep, printed "2x1o" / "1o"
+    mul, ir = _parse_term(text, text)
+    return MulIr(mul, ir)
 
 
 class Irreps(tuple):
-    """A direct sum of irreps, e3nn-compatible: Irreps("128x0e+128x1o + 2e"), from (mul, ir) pairs, from
-    an Irrep, or from any object whose str() parses (e3nn.o3.Irreps included)."""
+    """Direct sum of O(3) irreps, an immutable tuple of `MulIr(mul, ir)`; str like e3nn's ("128x0e+128x1o").
+
+    Built from a string ("128x0e + 128x1o + 2e"; missing mul = 1, mul 0 allowed), an `Irrep`, another
+    `Irreps`, an iterable of (mul, ir) / (mul, (l, p)) / irrep entries, or any object whose str() parses
+    (e.g. an e3nn Irreps). Equality also accepts strings: Irreps("1o") == "1x1o" (the hash is the tuple's).
+    """
 
     def __new__(cls, irreps=None):
         if isinstance(irreps, Irreps):
-            return super().__new__(cls, tuple(irreps))
-        out: List[MulIr] = []
+            return irreps
         if irreps is None:
-            pass
+            entries = []
         elif isinstance(irreps, Irrep):
-            out.append(MulIr(1, irreps))
-        elif isinstance(irreps, (list, tuple)):
-            for item in irreps:
-                if isinstance(item, str):
-                    out.extend(Irreps(item))
-                    continue
-                if isinstance(item, Irrep):
-                    out.append(MulIr(1, item))
-                    continue
-                try:
-                    mul, ir = item
-                except (TypeError, ValueError):
-                    raise ValueError(f"Irreps: {item!r} is not a (mul, irrep) pair") from None
-                if isinstance(mul, bool) or not isinstance(mul, int) or mul < 0:
-                    raise ValueError(f"Irreps: multiplicity must be an int >= 0, got {mul!r}")
-                out.append(MulIr(mul, Irrep(ir)))
+            entries = [MulIr(1, irreps)]
+        elif isinstance(irreps, MulIr):
+            entries = [_mul_ir(irreps)]
+        elif isinstance(irreps, str):
+            text = irreps.strip()
+            entries = [_parse_term(term, irreps) for term in text.split("+")] if text else []
+            entries = [MulIr(mul, ir) for mul, ir in entries]
+        elif type(irreps) in (list, tuple) or isinstance(irreps, Iterator):
+            entries = [_mul_ir(entry) for entry in irreps]
         else:
-            text = irreps if isinstance(irreps, str) else str(irreps)
-            if text.strip():
-                for part in text.split("+"):
-                    m = _MUL_IRREP_RE.match(part)
-                    if not m:
-                        raise ValueError(f"Irreps: {part.strip()!r} in {text!r} is not a block like '16x1o' or '2e'")
-                    mul = int(m.group(1)) if m.group(1) is not None else 1
-                    out.append(MulIr(mul, Irrep(m.group(2) + m.group(3))))
-        return super().__new__(cls, tuple(out))
+            return cls(str(irreps))
+        return super().__new__(cls, entries)
+
+    @staticmethod
+    def spherical_harmonics(lmax: int, p: int = -1) -> "Irreps":
+        """Irreps of (Y^0, ..., Y^lmax): 0e+1o+2e+... for p = -1 (parity p^l)."""
+        lmax = _as_int(lmax, "lmax")
+        if lmax < 0:
+            raise ValueError(f"lmax must be >= 0, got {lmax}")
+        if p not in (1, -1):
+            raise ValueError(f"p must be +1 or -1, got {p!r}")
+        return Irreps([(1, (l, p ** l)) for l in range(lmax + 1)])
 
     @property
     def dim(self) -> int:
-        return sum(mi.dim for mi in self)
+        return sum(mul_ir.dim for mul_ir in self)
 
     @property
     def num_irreps(self) -> int:
-        return sum(mi.mul for mi in self)
+        return sum(mul for mul, _ in self)
 
     @property
-    def ls(self) -> List[int]:
-        return [mi.ir.l for mi in self for _ in range(mi.mul)]
+    def ls(self) -> list[int]:
+        """l of every irrep copy, in order (a block 2x1o gives [1, 1])."""
+        return [ir.l for mul, ir in self for _ in range(mul)]
 
     @property
     def lmax(self) -> int:
         if not self:
-            raise ValueError("Irreps: lmax of an empty Irreps")
-        return max(mi.ir.l for mi in self)
+            raise ValueError("lmax of an empty Irreps is undefined")
+        return max(ir.l for _, ir in self)
 
-    def slices(self) -> List[slice]:
+    def slices(self) -> list[slice]:
+        """slice of each block in a [..., dim] tensor."""
         out, start = [], 0
-        for mi in self:
-            out.append(slice(start, start + mi.dim))
-            start += mi.dim
+        for mul_ir in self:
+            out.append(slice(start, start + mul_ir.dim))
+            start += mul_ir.dim
         return out
 
     def simplify(self) -> "Irreps":
-        """Consecutive equal irreps merged, multiplicity-0 blocks dropped (e3nn 0.6)."""
-        out: List[Tuple[int, Irrep]] = []
+        """Merge consecutive blocks of the same irrep and drop mul-0 blocks (no sorting), as e3nn 0.6."""
+        out = []
         for mul, ir in self:
             if out and out[-1][1] == ir:
                 out[-1] = (out[-1][0] + mul, ir)
@@ -182,26 +222,37 @@ class Irreps(tuple):
                 out.append((mul, ir))
         return Irreps(out)
 
-    def sort(self) -> _Sorted:
-        """(irreps sorted by (l, p), p: old index -> new index, inv: new index -> old index), like e3nn."""
-        inv = tuple(sorted(range(len(self)), key=lambda i: (self[i].ir.l, self[i].ir.p)))
-        p = tuple(inv.index(i) for i in range(len(self)))
-        return _Sorted(Irreps([self[i] for i in inv]), p, inv)
+    def remove_zero_multiplicities(self) -> "Irreps":
+        return Irreps([mul_ir for mul_ir in self if mul_ir.mul > 0])
+
+    def sort(self):
+        """Stable sort of the blocks by irrep: namedtuple (irreps, p, inv), with irreps[i] = self[inv[i]] and
+        p[i] the new position of block i."""
+        inv = tuple(sorted(range(len(self)), key=lambda i: (self[i].ir, i)))
+        p = [0] * len(inv)
+        for new, old in enumerate(inv):
+            p[old] = new
+        return _Sorted(Irreps([self[i] for i in inv]), tuple(p), inv)
+
+    def regroup(self) -> "Irreps":
+        """sort() then simplify()."""
+        return self.sort().irreps.simplify()
 
     def count(self, ir) -> int:
+        """Total multiplicity of `ir`."""
         ir = Irrep(ir)
-        return sum(mul for mul, i in self if i == ir)
+        return sum(mul for mul, other in self if other == ir)
 
-    def __contains__(self, ir) -> bool:
-        try:
-            ir = Irrep(ir)
-        except (ValueError, TypeError):
-            return False
-        return any(i == ir for _, i in self)
+    def __contains__(self, item) -> bool:
+        """`ir in irreps` tests the irreps (like e3nn); a MulIr is looked up as a block."""
+        if isinstance(item, MulIr):
+            return tuple.__contains__(self, item)
+        ir = Irrep(item)
+        return any(other == ir for _, other in self)
 
-    def __getitem__(self, i):
-        x = tuple.__getitem__(self, i)
-        return Irreps(x) if isinstance(i, slice) else x
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        return Irreps(out) if isinstance(index, slice) else out
 
     def __add__(self, other) -> "Irreps":
         return Irreps(tuple(self) + tuple(Irreps(other)))
@@ -209,279 +260,292 @@ class Irreps(tuple):
     def __radd__(self, other) -> "Irreps":
         return Irreps(other) + self
 
-    def __mul__(self, n: int) -> "Irreps":
-        if isinstance(n, Irreps):
-            raise NotImplementedError("Irreps x Irreps: use a tensor product")
+    def __mul__(self, n) -> "Irreps":
+        """Repeat: Irreps("1o") * 2 == "1o+1o"."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            return NotImplemented
         return Irreps(tuple(self) * n)
 
     __rmul__ = __mul__
 
     def __eq__(self, other) -> bool:
-        try:
-            return tuple.__eq__(self, Irreps(other))
-        except (ValueError, TypeError):
-            return False
+        if isinstance(other, str):
+            try:
+                other = Irreps(other)
+            except ValueError:
+                return False
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return tuple.__eq__(self, other)
 
     def __ne__(self, other) -> bool:
-        return not self == other
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
 
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
+    __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
-        return "+".join(repr(mi) for mi in self)
-
-    __str__ = __repr__
-
-    @staticmethod
-    def spherical_harmonics(lmax: int, p: int = -1) -> "Irreps":
-        return Irreps([(1, (l, p ** l)) for l in range(lmax + 1)])
+        return "+".join(repr(mul_ir) for mul_ir in self)
 
     def D_from_angles(self, alpha, beta, gamma, k=0) -> torch.Tensor:
-        """Block-diagonal representation matrix of the rotation (alpha, beta, gamma), times parity^k."""
-        alpha, beta, gamma, k = (torch.as_tensor(t) for t in (alpha, beta, gamma, k))
-        blocks = []
+        """Block-diagonal p^k D(alpha, beta, gamma) [..., dim, dim] (YXY Euler angles; k = number of
+        inversions, an int or tensor broadcast with the angles)."""
+        alpha, beta, gamma = torch.broadcast_tensors(*map(torch.as_tensor, (alpha, beta, gamma)))
+        return self._block_diag(angles_to_matrix(alpha, beta, gamma), k)
+
+    def D_from_matrix(self, R) -> torch.Tensor:
+        """Block-diagonal representation [..., dim, dim] of O(3) matrices R [..., 3, 3]: D(det(R) R) times
+        p^k with k = 1 where det(R) = -1 (as e3nn)."""
+        R = _check_matrix(R)
+        d = torch.linalg.det(R).sign()
+        return self._block_diag(R * d[..., None, None], (1 - d) / 2)
+
+    def _block_diag(self, R: torch.Tensor, k) -> torch.Tensor:
+        batch = R.shape[:-2]
+        k = torch.as_tensor(k, dtype=R.dtype, device=R.device).expand(batch)
+        flip = 1 - 2 * torch.remainder(k, 2)  # (-1)^k for integer k
+        Ds = _wigner_D_all(self.lmax, R) if self else []
+        out = R.new_zeros(*batch, self.dim, self.dim)
+        start = 0
         for mul, ir in self:
-            d = wigner_D(ir.l, alpha, beta, gamma) * (ir.p ** k.to(alpha.dtype))[..., None, None]
-            blocks += [d] * mul
-        return _block_diag(blocks, alpha.shape, alpha.dtype)
-
-    def D_from_matrix(self, R: torch.Tensor) -> torch.Tensor:
-        """Representation matrix of the orthogonal matrix R (det -1: the inversion times a rotation)."""
-        d = torch.det(R).sign()
-        angles = matrix_to_angles(R * d[..., None, None])
-        return self.D_from_angles(*angles, (1 - d) / 2)
+            D = Ds[ir.l] * flip[..., None, None] if ir.p == -1 else Ds[ir.l]
+            for _ in range(mul):
+                out[..., start:start + ir.dim, start:start + ir.dim] = D
+                start += ir.dim
+        return out
 
 
-def _block_diag(blocks, shape, dtype) -> torch.Tensor:
-    n = sum(b.shape[-1] for b in blocks)
-    out = torch.zeros(*shape, n, n, dtype=dtype)
-    i = 0
-    for b in blocks:
-        k = b.shape[-1]
-        out[..., i:i + k, i:i + k] = b
-        i += k
-    return out
+_Sorted = collections.namedtuple("sort", ["irreps", "p", "inv"])
 
 
-def _D_of_irrep(ir: Irrep, R: torch.Tensor) -> torch.Tensor:
-    return Irreps([(1, ir)]).D_from_matrix(R)
+# ---------------------------------------------------------------------------------------------- wigner 3j
 
+def _su2_cg(j1: int, j2: int, j3: int) -> torch.Tensor:
+    """Complex-basis Clebsch-Gordan <j1 m1 j2 m2 | j3 m3> [m1, m2, m3] (indices m + j), Condon-Shortley phase.
 
-# ---- Wigner 3j -------------------------------------------------------------------------------------
-
-def _su2_cg(j1: int, j2: int, j3: int, m1: int, m2: int) -> float:
-    """<j1 m1 j2 m2 | j3 m1+m2> (Condon-Shortley), Racah's formula in exact rationals."""
-    m3 = m1 + m2
-    if abs(m1) > j1 or abs(m2) > j2 or abs(m3) > j3:
-        return 0.0
+    Racah's formula for the 3j symbol (j1 j2 j3; m1 m2 -m3), with CG = (-1)^(j1-j2+m3) sqrt(2 j3 + 1) 3j; the
+    two signs cancel. The alternating sum is exact: integers over one common denominator."""
     f = math.factorial
-    pre = Fraction((2 * j3 + 1) * f(j1 + j2 - j3) * f(j1 - j2 + j3) * f(-j1 + j2 + j3), f(j1 + j2 + j3 + 1))
-    pre *= f(j1 + m1) * f(j1 - m1) * f(j2 + m2) * f(j2 - m2) * f(j3 + m3) * f(j3 - m3)
-    total = Fraction(0)
-    for k in range(0, j1 + j2 - j3 + 1):
-        dens = (k, j1 + j2 - j3 - k, j1 - m1 - k, j2 + m2 - k, j3 - j2 + m1 + k, j3 - j1 - m2 + k)
-        if min(dens) < 0:
-            continue
-        den = 1
-        for d in dens:
-            den *= f(d)
-        total += Fraction((-1) ** k, den)
-    return float(total) * math.sqrt(pre)
+    delta = Fraction(f(j1 + j2 - j3) * f(j1 - j2 + j3) * f(-j1 + j2 + j3), f(j1 + j2 + j3 + 1)) * (2 * j3 + 1)
+    C = torch.zeros(2 * j1 + 1, 2 * j2 + 1, 2 * j3 + 1, dtype=torch.float64)
+    for m1 in range(-j1, j1 + 1):
+        for m2 in range(max(-j2, -j3 - m1), min(j2, j3 - m1) + 1):
+            m3 = m1 + m2
+            a, b = j3 - j2 + m1, j3 - j1 - m2
+            c, d, e = j1 + j2 - j3, j1 - m1, j2 + m2
+            kmin, kmax = max(0, -a, -b), min(c, d, e)
+            # sum_k (-1)^k / (k! (a+k)! (b+k)! (c-k)! (d-k)! (e-k)!), each denominator divides `den`
+            den = f(kmax) * f(a + kmax) * f(b + kmax) * f(c - kmin) * f(d - kmin) * f(e - kmin)
+            num = sum((-1) ** k * (den // (f(k) * f(a + k) * f(b + k) * f(c - k) * f(d - k) * f(e - k)))
+                      for k in range(kmin, kmax + 1))
+            if num:
+                square = delta * Fraction(num * num * f(j1 + m1) * f(j1 - m1) * f(j2 + m2) * f(j2 - m2)
+                                          * f(j3 + m3) * f(j3 - m3), den * den)
+                C[j1 + m1, j2 + m2, j3 + m3] = math.copysign(math.sqrt(square), num)
+    return C
 
 
-def _real_to_complex(l: int) -> np.ndarray:
-    """Q with complex Y_l = Q^T-contracted real harmonics in e3nn's phase convention (real form of the
-    spherical harmonics, times (-i)^l so that the real-basis Clebsch-Gordan coefficients are real)."""
-    q = np.zeros((2 * l + 1, 2 * l + 1), dtype=np.complex128)
-    s = 1 / math.sqrt(2)
-    for m in range(-l, 0):
-        q[l + m, l - m] = s
-        q[l + m, l + m] = -1j * s
+def _real_to_complex(l: int) -> torch.Tensor:
+    """Q[m_complex, m_real] with |real m> = sum_c Q[c, m] |complex c>, e3nn's phases: real m > 0 is
+    ((-1)^m |m> + |-m>)/sqrt2, real -m is i((-1)^m |m> - |-m>)/sqrt2, all times (-i)^l (which makes the
+    real-basis CG real)."""
+    q = torch.zeros(2 * l + 1, 2 * l + 1, dtype=torch.complex128)
+    h = 1 / math.sqrt(2)
     q[l, l] = 1
     for m in range(1, l + 1):
-        q[l + m, l + m] = (-1) ** m * s
-        q[l + m, l - m] = 1j * (-1) ** m * s
+        q[l - m, l + m] = h
+        q[l + m, l + m] = (-1) ** m * h
+        q[l - m, l - m] = -1j * h
+        q[l + m, l - m] = 1j * (-1) ** m * h
     return (-1j) ** l * q
 
 
 @functools.lru_cache(maxsize=None)
-def _wigner_3j_f64(l1: int, l2: int, l3: int) -> torch.Tensor:
-    cg = np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1))
-    for m1 in range(-l1, l1 + 1):
-        for m2 in range(-l2, l2 + 1):
-            if abs(m1 + m2) <= l3:
-                cg[l1 + m1, l2 + m2, l3 + m1 + m2] = _su2_cg(l1, l2, l3, m1, m2)
-    q1, q2, q3 = _real_to_complex(l1), _real_to_complex(l2), _real_to_complex(l3)
-    c = np.einsum("ij,kl,mn,ikn->jlm", q1, q2, np.conj(q3.T), cg)
-    c = c.real
-    c /= np.linalg.norm(c)
-    c[np.abs(c) < 1e-15] = 0.0
-    return torch.from_numpy(np.ascontiguousarray(c))
+def _wigner_3j_cached(l1: int, l2: int, l3: int) -> torch.Tensor:
+    C = _su2_cg(l1, l2, l3).to(torch.complex128)
+    Q1, Q2, Q3 = _real_to_complex(l1), _real_to_complex(l2), _real_to_complex(l3)
+    # C_real[a, b, c] = sum Q1[i, a] Q2[j, b] conj(Q3[k, c]) C[i, j, k]; the imaginary part vanishes.
+    C = torch.einsum("ia,jb,kc,ijk->abc", Q1, Q2, Q3.conj(), C).real
+    return C / C.norm()
 
 
-def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """C[m1, m2, m3] of shape (2l1+1, 2l2+1, 2l3+1), Frobenius norm 1, invariant under simultaneous
-    rotation of its three indices; equal to e3nn.o3.wigner_3j (same signs)."""
-    for name, l in (("l1", l1), ("l2", l2), ("l3", l3)):
-        if isinstance(l, bool) or not isinstance(l, int) or l < 0:
-            raise ValueError(f"wigner_3j: {name} must be an int >= 0, got {l!r}")
+def wigner_3j(l1: int, l2: int, l3: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Real Wigner 3j tensor C[m1, m2, m3] of shape [2l1+1, 2l2+1, 2l3+1], equal to e3nn.o3.wigner_3j.
+
+    Frobenius norm 1; invariant: C = einsum(C, D^l1, D^l2, D^l3) for every rotation. Needs the triangle rule
+    |l1 - l2| <= l3 <= l1 + l2. Computed once in float64 (exact Racah sums) and cached; returns a copy."""
+    l1, l2, l3 = _as_int(l1, "l1"), _as_int(l2, "l2"), _as_int(l3, "l3")
+    if min(l1, l2, l3) < 0:
+        raise ValueError(f"wigner_3j needs l >= 0, got ({l1}, {l2}, {l3})")
     if not abs(l1 - l2) <= l3 <= l1 + l2:
-        raise ValueError(f"wigner_3j: ({l1}, {l2}, {l3}) violates the triangle rule |l1 - l2| <= l3 <= l1 + l2")
-    return _wigner_3j_f64(l1, l2, l3).to(dtype=dtype, device=device, copy=True)
+        raise ValueError(f"wigner_3j({l1}, {l2}, {l3}) violates the triangle rule |l1 - l2| <= l3 <= l1 + l2")
+    return _wigner_3j_cached(l1, l2, l3).to(dtype=dtype, device=device, copy=True)
 
 
-# ---- spherical harmonics ------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------ spherical harmonics
 
-_NORMALIZATIONS = ("integral", "component", "norm")
-
-
-def _parse_ls(ls) -> List[int]:
-    if isinstance(ls, bool):
-        raise ValueError(f"spherical_harmonics: ls must be an int, a list of ints or irreps; got {ls!r}")
-    if isinstance(ls, int):
+def _parse_ls(ls) -> list[int]:
+    """Degrees requested by `ls` (see spherical_harmonics), in output order."""
+    if isinstance(ls, int) and not isinstance(ls, bool):
         if ls < 0:
-            raise ValueError(f"spherical_harmonics: lmax must be >= 0, got {ls}")
+            raise ValueError(f"ls: lmax must be >= 0, got {ls}")
         return list(range(ls + 1))
-    if isinstance(ls, (list, tuple)) and all(isinstance(l, int) and not isinstance(l, bool) for l in ls):
-        if any(l < 0 for l in ls):
-            raise ValueError(f"spherical_harmonics: every l must be >= 0, got {list(ls)}")
-        return list(ls)
-    irreps = Irreps(ls)
-    out = []
-    for mul, ir in irreps:
-        if ir.p != (-1) ** ir.l:
-            raise ValueError(f"spherical_harmonics: {ir} has parity {ir.p}; spherical harmonics have (-1)^l")
-        out += [ir.l] * mul
+    if type(ls) in (list, tuple, range) and all(isinstance(l, int) and not isinstance(l, bool) for l in ls):
+        out = list(ls)
+        if any(l < 0 for l in out):
+            raise ValueError(f"ls: degrees must be >= 0, got {out}")
+    else:
+        irreps = Irreps(ls)
+        for _, ir in irreps:
+            if ir.p != (-1) ** ir.l:
+                raise ValueError(f"ls: irreps {irreps} asks for {ir}, but the spherical harmonics of a vector "
+                                 f"have parity (-1)^l, here {(-1) ** ir.l:+d}")
+        out = irreps.ls
+    if not out:
+        raise ValueError("ls: no degree requested")
     return out
+
+
+def _sh_component(lmax: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
+    """Blocks Y^0..Y^lmax [..., 2l+1], 'component' normalization, as homogeneous polynomials of degree l.
+
+    In the polar frame (x', y', z') = (z, x, y) with r^2 = x'^2 + y'^2 + z'^2:
+      Y_l^{+m} / Y_l^{-m} = sqrt(2 - delta_m0) * P_lm(z', r^2) * (Re / Im of e_m),
+      e_m = sqrt((2m-1)/(2m)) (x' + i y') e_{m-1}, e_0 = 1 (sectoral part with its normalization folded in),
+      P_mm = sqrt(2m+1), P_lm = a_lm z' P_{l-1,m} - b_lm r^2 P_{l-2,m} (normalized Legendre recurrence),
+      a_lm = sqrt((2l-1)(2l+1) / ((l-m)(l+m))), b_lm = sqrt((2l+1)(l-m-1)(l+m-1) / ((2l-3)(l-m)(l+m))).
+    Only products and sums of x, y, z: smooth everywhere, any order of autograd, traceable."""
+    xp, yp, zp = z, x, y
+    r2 = xp * xp + yp * yp + zp * zp
+    rows = [[None] * (2 * l + 1) for l in range(lmax + 1)]
+    cos_m, sin_m = torch.ones_like(xp), torch.zeros_like(xp)
+    for m in range(lmax + 1):
+        if m > 0:
+            s = math.sqrt((2 * m - 1) / (2 * m))
+            cos_m, sin_m = s * (xp * cos_m - yp * sin_m), s * (xp * sin_m + yp * cos_m)
+        k = math.sqrt(2 * m + 1) * (math.sqrt(2) if m else 1.0)
+        prev, cur = None, (k * cos_m, k * sin_m)
+        for l in range(m, lmax + 1):
+            if l > m:
+                a = math.sqrt((2 * l - 1) * (2 * l + 1) / ((l - m) * (l + m)))
+                nxt = (a * zp * cur[0], a * zp * cur[1])
+                if prev is not None:
+                    b = math.sqrt((2 * l + 1) * (l - m - 1) * (l + m - 1) / ((2 * l - 3) * (l - m) * (l + m)))
+                    nxt = (nxt[0] - b * r2 * prev[0], nxt[1] - b * r2 * prev[1])
+                prev, cur = cur, nxt
+            rows[l][l + m] = cur[0]
+            if m:
+                rows[l][l - m] = cur[1]
+    return [torch.stack(row, dim=-1) for row in rows]
 
 
 def spherical_harmonics(ls, vectors: torch.Tensor, normalize: bool = True,
                         normalization: str = "component") -> torch.Tensor:
-    """Real spherical harmonics of `vectors [..., 3]` for the degrees `ls` (an int lmax: 0..lmax; a list
-    of ints; or irreps such as "0e+1o+2e"), concatenated: [..., sum(2l+1)]. Equal to
-    e3nn.o3.spherical_harmonics(ls, vectors, normalize, normalization) — note our default normalization is
-    "component" (sum_m Y_lm^2 = 2l+1 on the unit sphere), e3nn's is "integral". With normalize=False the
-    harmonics are the homogeneous polynomials of the raw vectors (solid harmonics)."""
-    if not isinstance(vectors, torch.Tensor):
-        raise TypeError(f"spherical_harmonics: vectors must be a torch.Tensor, got {type(vectors).__name__}")
-    if not vectors.is_floating_point():
-        raise TypeError(f"spherical_harmonics: vectors must be floating point, got {vectors.dtype}")
-    if vectors.dim() < 1 or vectors.shape[-1] != 3:
-        raise ValueError(f"spherical_harmonics: vectors must have shape [..., 3], got {list(vectors.shape)}")
-    if normalization not in _NORMALIZATIONS:
-        raise ValueError(f"spherical_harmonics: normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+    """Real spherical harmonics of `vectors` [..., 3] -> [..., sum(2l+1)], equal to e3nn.o3.spherical_harmonics.
+
+    ls: an int lmax (all l = 0..lmax, concatenated; NOTE e3nn reads an int as the single degree l), a list of
+    degrees, or irreps (str / Irreps; mul repeats a block) with parities (-1)^l. (e3nn also accepts all-even
+    parities, the SH of a pseudovector; we refuse them.)
+    normalize: project onto the unit sphere first (x / max(|x|, 1e-12): a zero vector gives Y^0 only);
+    otherwise Y^l is the homogeneous polynomial, |x|^l Y^l(x / |x|).
+    normalization (our default 'component'; e3nn's default is 'integral'), on the unit sphere:
+    'component' sum_m Y_lm^2 = 2l+1, 'norm' sum_m Y_lm^2 = 1, 'integral' int_S2 Y_lm^2 = 1.
+    Frame: polar axis y, m = -l..l, Y^1 = sqrt(3) (x, y, z) for 'component'. Y(R x) = D(R) Y(x).
+    """
     degrees = _parse_ls(ls)
-    if not degrees:
-        return vectors.new_zeros(vectors.shape[:-1] + (0,))
+    if normalization not in ("component", "norm", "integral"):
+        raise ValueError(f"normalization must be 'component', 'norm' or 'integral', got {normalization!r}")
+    if not isinstance(vectors, torch.Tensor):
+        raise TypeError(f"vectors must be a torch.Tensor, got {type(vectors).__name__}")
+    if not vectors.is_floating_point():
+        raise TypeError(f"vectors must have a floating point dtype, got {vectors.dtype}")
+    if vectors.dim() == 0 or vectors.shape[-1] != 3:
+        raise ValueError(f"vectors must have shape [..., 3], got {list(vectors.shape)}")
     if normalize:
-        # e3nn: x / |x| with zero vectors mapped to zero (torch.nn.functional.normalize)
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    # the standard real harmonics evaluated at (z, x, y): polar axis y
-    sx, sy, sz = vectors[..., 2], vectors[..., 0], vectors[..., 1]
-    r2 = sx * sx + sy * sy + sz * sz
-    lmax = max(degrees)
-    # C_m + i S_m = (sx + i sy)^m
-    cos_m, sin_m = [torch.ones_like(sx)], [torch.zeros_like(sx)]
-    for m in range(1, lmax + 1):
-        c, s = cos_m[-1], sin_m[-1]
-        cos_m.append(sx * c - sy * s)
-        sin_m.append(sx * s + sy * c)
-    # q[l][m] = d^m P_l / dz^m as a homogeneous polynomial of degree l - m in (sz, r2)
-    q = [[None] * (lmax + 1) for _ in range(lmax + 1)]
-    for m in range(lmax + 1):
-        q[m][m] = torch.full_like(sx, float(_double_factorial(2 * m - 1)))
-        if m + 1 <= lmax:
-            q[m + 1][m] = (2 * m + 1) * sz * q[m][m]
-        for l in range(m + 2, lmax + 1):
-            q[l][m] = ((2 * l - 1) * sz * q[l - 1][m] - (l + m - 1) * r2 * q[l - 2][m]) / (l - m)
-    blocks = []
-    for l in degrees:
-        scale = {"integral": 1.0, "component": math.sqrt(4 * math.pi),
-                 "norm": math.sqrt(4 * math.pi / (2 * l + 1))}[normalization]
-        comps = []
-        for m in range(-l, l + 1):
-            a = abs(m)
-            n = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - a) / math.factorial(l + a)) * scale
-            if m == 0:
-                comps.append(n * q[l][0])
-            else:
-                comps.append(n * math.sqrt(2) * q[l][a] * (cos_m[a] if m > 0 else sin_m[a]))
-        blocks.append(torch.stack(comps, dim=-1))
-    return torch.cat(blocks, dim=-1)
+    blocks = _sh_component(max(degrees), vectors[..., 0], vectors[..., 1], vectors[..., 2])
+    if normalization == "integral":
+        blocks = [b * (1 / math.sqrt(4 * math.pi)) for b in blocks]
+    elif normalization == "norm":
+        blocks = [b * (1 / math.sqrt(2 * l + 1)) for l, b in enumerate(blocks)]
+    if degrees == list(range(len(blocks))):
+        return torch.cat(blocks, dim=-1)
+    return torch.cat([blocks[l] for l in degrees], dim=-1)
 
 
-def _double_factorial(n: int) -> int:
-    out = 1
-    while n > 1:
-        out *= n
-        n -= 2
-    return out
+# --------------------------------------------------------------------------------------------- rotations
+
+def _check_matrix(R) -> torch.Tensor:
+    if not isinstance(R, torch.Tensor) or not R.is_floating_point():
+        raise TypeError("R must be a floating-point torch.Tensor")
+    if R.dim() < 2 or R.shape[-2:] != (3, 3):
+        raise ValueError(f"R must have shape [..., 3, 3], got {list(R.shape)}")
+    return R
 
 
-# ---- rotations ----------------------------------------------------------------------------------------
-
-def _matrix_x(a: torch.Tensor) -> torch.Tensor:
-    c, s, o, z = a.cos(), a.sin(), torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([torch.stack([o, z, z], -1), torch.stack([z, c, -s], -1), torch.stack([z, s, c], -1)], -2)
+def _rot_x(t: torch.Tensor) -> torch.Tensor:
+    c, s, o, z = t.cos(), t.sin(), torch.ones_like(t), torch.zeros_like(t)
+    return torch.stack([o, z, z, z, c, -s, z, s, c], dim=-1).unflatten(-1, (3, 3))
 
 
-def _matrix_y(a: torch.Tensor) -> torch.Tensor:
-    c, s, o, z = a.cos(), a.sin(), torch.ones_like(a), torch.zeros_like(a)
-    return torch.stack([torch.stack([c, z, s], -1), torch.stack([z, o, z], -1), torch.stack([-s, z, c], -1)], -2)
+def _rot_y(t: torch.Tensor) -> torch.Tensor:
+    c, s, o, z = t.cos(), t.sin(), torch.ones_like(t), torch.zeros_like(t)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], dim=-1).unflatten(-1, (3, 3))
 
 
 def angles_to_matrix(alpha, beta, gamma) -> torch.Tensor:
-    """R = Ry(alpha) Rx(beta) Ry(gamma) (e3nn's Euler convention), shape [..., 3, 3]."""
-    alpha, beta, gamma = torch.broadcast_tensors(*(torch.as_tensor(t) for t in (alpha, beta, gamma)))
-    return _matrix_y(alpha) @ _matrix_x(beta) @ _matrix_y(gamma)
+    """R = Ry(alpha) Rx(beta) Ry(gamma) [..., 3, 3] (YXY Euler angles, gamma applied first), as e3nn."""
+    alpha, beta, gamma = torch.broadcast_tensors(*map(torch.as_tensor, (alpha, beta, gamma)))
+    return _rot_y(alpha) @ _rot_x(beta) @ _rot_y(gamma)
 
 
-def matrix_to_angles(R: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(alpha, beta, gamma) with angles_to_matrix(alpha, beta, gamma) == R for a rotation R."""
-    if not torch.allclose(torch.det(R), R.new_tensor(1.0), atol=1e-5):
-        raise ValueError("matrix_to_angles: R must be a rotation (det +1)")
-    y = R[..., :, 1]  # R e_y
-    y = torch.nn.functional.normalize(y, dim=-1).clamp(-1, 1)
-    alpha = torch.atan2(y[..., 0], y[..., 2])
-    beta = torch.acos(y[..., 1])
-    rest = angles_to_matrix(alpha, beta, torch.zeros_like(alpha)).transpose(-1, -2) @ R
+def matrix_to_angles(R: torch.Tensor):
+    """(alpha, beta, gamma) with angles_to_matrix(alpha, beta, gamma) = R, for rotations R [..., 3, 3].
+
+    R e_y = Ry(alpha) Rx(beta) e_y = (sin b sin a, cos b, sin b cos a) gives beta in [0, pi] and alpha; gamma
+    comes from the remainder (Ry(alpha) Rx(beta))^T R = Ry(gamma), which stays right at beta = 0 or pi."""
+    R = _check_matrix(R)
+    e = torch.nn.functional.normalize(R[..., :, 1], dim=-1).clamp(-1, 1)
+    beta = torch.acos(e[..., 1])
+    alpha = torch.atan2(e[..., 0], e[..., 2])
+    rest = (_rot_y(alpha) @ _rot_x(beta)).transpose(-1, -2) @ R
     gamma = torch.atan2(rest[..., 0, 2], rest[..., 0, 0])
     return alpha, beta, gamma
 
 
-def rand_matrix(*shape: int, dtype: Optional[torch.dtype] = None, device=None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniformly distributed rotation matrices [*shape, 3, 3] (normalized Gaussian quaternions)."""
-    q = torch.randn(*shape, 4, dtype=dtype or torch.get_default_dtype(), generator=generator)
+def rand_matrix(*shape, dtype=None, device=None, generator=None) -> torch.Tensor:
+    """Uniform (Haar) random rotations [*shape, 3, 3]: the matrix of a normalized Gaussian quaternion."""
+    q = torch.randn(*shape, 4, dtype=dtype, generator=generator,
+                    device=generator.device if generator is not None else device)
+    if device is not None:
+        q = q.to(device)
     w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    R = torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
-    return R.to(device) if device is not None else R
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).unflatten(-1, (3, 3))
 
 
-@functools.lru_cache(maxsize=None)
-def _sh_fit_points(l: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fixed unit vectors and the pseudo-inverse of their degree-l harmonics (float64), for D matrices."""
-    n = 4 * (2 * l + 1)
-    pts = torch.nn.functional.normalize(torch.randn(n, 3, dtype=torch.float64,
-                                                    generator=torch.Generator().manual_seed(l)), dim=-1)
-    y = spherical_harmonics([l], pts, normalize=False)
-    return pts, torch.linalg.pinv(y)
+def _wigner_D_all(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
+    """[D^0(R), ..., D^lmax(R)] for rotations R [..., 3, 3].
+
+    D^1 = R (Y^1 is proportional to (x, y, z)); D^l = (2l+1) C^T (D^{l-1} x D^1) C with C = wigner_3j(l-1, 1, l),
+    since C intertwines D^{l-1} x D^1 with D^l and sum_ij C_ijk C_ijk' = delta_kk' / (2l+1)."""
+    Ds = [R.new_ones(*R.shape[:-2], 1, 1), R]
+    for l in range(2, lmax + 1):
+        C = wigner_3j(l - 1, 1, l, dtype=R.dtype, device=R.device)
+        left = torch.einsum("ijk,...ia->...jka", C * (2 * l + 1), Ds[-1])
+        Ds.append(torch.einsum("...jka,...jb,abn->...kn", left, R, C))
+    return Ds[:lmax + 1]
 
 
 def wigner_D(l: int, alpha, beta, gamma) -> torch.Tensor:
-    """Wigner-D matrix [..., 2l+1, 2l+1] of the rotation R = angles_to_matrix(alpha, beta, gamma) on degree-l
-    harmonics: Y_l(R x) = D Y_l(x). Equal to e3nn.o3.wigner_D."""
-    if isinstance(l, bool) or not isinstance(l, int) or l < 0:
-        raise ValueError(f"wigner_D: l must be an int >= 0, got {l!r}")
-    alpha, beta, gamma = torch.broadcast_tensors(*(torch.as_tensor(t) for t in (alpha, beta, gamma)))
-    dtype = alpha.dtype if alpha.is_floating_point() else torch.get_default_dtype()
-    R = angles_to_matrix(alpha.double(), beta.double(), gamma.double())
-    pts, pinv = _sh_fit_points(l)
-    # Y(R p)^T = D Y(p)^T for every fixed point p: D = Y(R P)^T pinv(Y(P))^T
-    rotated = spherical_harmonics([l], pts @ R.transpose(-1, -2), normalize=False)  # [..., n, 2l+1]
-    return (rotated.transpose(-1, -2) @ pinv.T).to(dtype)
+    """Wigner D^l(alpha, beta, gamma) [..., 2l+1, 2l+1] in the real SH basis, equal to e3nn.o3.wigner_D:
+    D(Ry(alpha) Rx(beta) Ry(gamma)) with Y(R x) = D(R) Y(x)."""
+    l = _as_int(l, "l")
+    if l < 0:
+        raise ValueError(f"l must be >= 0, got {l}")
+    return _wigner_D_all(l, angles_to_matrix(alpha, beta, gamma))[l]
+
+
