@@ -101,7 +101,7 @@ def _conv_case(device: str, problem: str, nodes: int, edges: int, pass_: str, im
             flops += edges * bwd_flops
         return Prepared(run, Rotation(operands, device, min_copies=1), nbytes, flops, torch.float32)
 
-    return Case("so3_conv", device, f"{problem}/V{nodes}/E{edges}", {"pass": pass_}, impl, prepare, rows=edges)
+    return Case("so3_conv", device, problem, {"V": nodes, "E": edges, "pass": pass_}, impl, prepare, rows=edges)
 
 
 def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
@@ -126,7 +126,7 @@ def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
         nbytes = 4 * (x1.numel() + x2.numel() + w.numel() + batch * plan.irreps_out.dim)
         return Prepared(run, Rotation((x1, x2, w), device), nbytes, batch * plan.flops_per_sample(), torch.float32)
 
-    return Case("so3_tp", device, f"{problem}/Z{batch}", {"pass": "fwd"}, impl, prepare, rows=batch)
+    return Case("so3_tp", device, problem, {"Z": batch, "pass": "fwd"}, impl, prepare, rows=batch)
 
 
 def build_cases(device: str, quick: bool) -> list[Case]:
