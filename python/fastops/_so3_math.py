@@ -39,14 +39,14 @@ def _as_int(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
 
 
-def _parse_term(term: str, whole: str) -> tuple[int, "Irrep"]:
+def _parse_term(term: str, whole: str) -> "MulIr":
     match = _TERM.fullmatch(term)
     if match is None:
         raise ValueError(f"Irreps: term {term!r} of {whole!r} is not of the form '[mul x] l p' with integers "
                          "mul >= 0, l >= 0 and parity p in e/o/y (e.g. '16x1o' or '2e')")
     mul, l, p = match.groups()
     l = int(l)
-    return (1 if mul is None else int(mul)), Irrep(l, (-1) ** l if p == "y" else _PARITY[p])
+    return MulIr(1 if mul is None else int(mul), Irrep(l, (-1) ** l if p == "y" else _PARITY[p]))
 
 
 class Irrep(tuple):
@@ -133,19 +133,16 @@ class MulIr(NamedTuple):
 
 
 def _mul_ir(entry) -> MulIr:
-    if isinstance(entry, (str, Irrep)) and not isinstance(entry, MulIr):
-        if isinstance(entry, Irrep):
-            return MulIr(1, entry)
-        mul, ir = _parse_term(entry, entry)
-        return MulIr(mul, ir)
+    """One entry of an Irreps list: "2x1o" / "1o", an Irrep, a (mul, irrep-like) pair."""
+    if isinstance(entry, Irrep):
+        return MulIr(1, entry)
     if isinstance(entry, MulIr) or (type(entry) in (tuple, list) and len(entry) == 2):
         mul, ir = entry
         if isinstance(mul, bool) or not isinstance(mul, int) or mul < 0:
             raise ValueError(f"Irreps: invalid entry {entry!r}: the multiplicity must be an integer >= 0")
         return MulIr(mul, Irrep(ir))
-    text = str(entry)  # e.g. another library's MulIr / Irrep, printed "2x1o" / "1o"
-    mul, ir = _parse_term(text, text)
-    return MulIr(mul, ir)
+    text = entry if isinstance(entry, str) else str(entry)  # e.g. another library's MulIr / Irrep
+    return _parse_term(text, text)
 
 
 class Irreps(tuple):
@@ -166,9 +163,7 @@ class Irreps(tuple):
         elif isinstance(irreps, MulIr):
             entries = [_mul_ir(irreps)]
         elif isinstance(irreps, str):
-            text = irreps.strip()
-            entries = [_parse_term(term, irreps) for term in text.split("+")] if text else []
-            entries = [MulIr(mul, ir) for mul, ir in entries]
+            entries = [_parse_term(term, irreps) for term in irreps.split("+")] if irreps.strip() else []
         elif type(irreps) in (list, tuple) or isinstance(irreps, Iterator):
             entries = [_mul_ir(entry) for entry in irreps]
         else:
@@ -200,9 +195,10 @@ class Irreps(tuple):
 
     @property
     def lmax(self) -> int:
-        if not self:
-            raise ValueError("lmax of an empty Irreps is undefined")
-        return max(ir.l for _, ir in self)
+        """Largest l among the irrep copies (mul-0 blocks do not count, as in e3nn)."""
+        if not self.ls:
+            raise ValueError(f"lmax of the empty Irreps {str(self)!r} is undefined")
+        return max(self.ls)
 
     def slices(self) -> list[slice]:
         """slice of each block in a [..., dim] tensor."""
@@ -290,7 +286,7 @@ class Irreps(tuple):
     def D_from_angles(self, alpha, beta, gamma, k=0) -> torch.Tensor:
         """Block-diagonal p^k D(alpha, beta, gamma) [..., dim, dim] (YXY Euler angles; k = number of
         inversions, an int or tensor broadcast with the angles)."""
-        alpha, beta, gamma = torch.broadcast_tensors(*map(torch.as_tensor, (alpha, beta, gamma)))
+        alpha, beta, gamma, k = torch.broadcast_tensors(*map(torch.as_tensor, (alpha, beta, gamma, k)))
         return self._block_diag(angles_to_matrix(alpha, beta, gamma), k)
 
     def D_from_matrix(self, R) -> torch.Tensor:
@@ -302,9 +298,8 @@ class Irreps(tuple):
 
     def _block_diag(self, R: torch.Tensor, k) -> torch.Tensor:
         batch = R.shape[:-2]
-        k = torch.as_tensor(k, dtype=R.dtype, device=R.device).expand(batch)
-        flip = 1 - 2 * torch.remainder(k, 2)  # (-1)^k for integer k
-        Ds = _wigner_D_all(self.lmax, R) if self else []
+        flip = 1 - 2 * torch.remainder(k.to(device=R.device, dtype=R.dtype), 2)  # (-1)^k for integer k
+        Ds = _wigner_D_all(max(ir.l for _, ir in self), R) if self else []
         out = R.new_zeros(*batch, self.dim, self.dim)
         start = 0
         for mul, ir in self:
