@@ -420,7 +420,7 @@ def test_cuda_matches_cpu(deterministic, dtype, gen):
 
 
 def test_cuda_index_math_on_the_cpu():
-    """The CUDA kernels' element formulas and row search (so3_cuda_element.h), emulated on the CPU
-    against the CPU kernels on random plans of every mode."""
+    """The CUDA kernels' index math (so3_cuda_layout.h): a thread-by-thread emulation of the kernels'
+    phases on the CPU against the definitions in so3.h (so3_cuda_layout_test.cpp)."""
     failures, report = _C._so3_cuda_layout_selftest()
     assert failures == 0, report

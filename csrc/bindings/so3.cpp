@@ -12,7 +12,7 @@
 
 #include "bindings/binding_utils.h"
 #include "so3/so3.h"
-#include "so3/so3_cuda_element_test.h"
+#include "so3/so3_cuda_layout_test.h"
 
 namespace fastops {
 namespace bind {

@@ -1,4 +1,4 @@
-// CPU self-test of so3_cuda_element.h (the CUDA tensor-product kernels' index math); runs without a GPU.
+// CPU self-test of so3_cuda_layout.h (the CUDA tensor-product kernels' index math); runs without a GPU.
 #pragma once
 #include <string>
 
