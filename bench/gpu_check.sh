@@ -32,7 +32,7 @@ set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 LOGS=${OUT:-bench/results/gpu_check}
-SANITIZER_K=${FASTOPS_SANITIZER_K:-"lut_gemm_dtypes_and_groups or lut_gemm_batch_sizes or test_mask_and_bitmask or test_candidates or test_cuda_decode_path or test_gemm_large_multithreaded or (spmm_matches_dense and 0.7)"}
+SANITIZER_K=${FASTOPS_SANITIZER_K:-"lut_gemm_dtypes_and_groups or lut_gemm_batch_sizes or test_mask_and_bitmask or test_candidates or test_cuda_decode_path or test_gemm_large_multithreaded or (spmm_matches_dense and 0.7) or (cuda_matches_cpu and dtype1)"}
 BUDGET_S=530  # the whole script, under the 9-minute slot of the device runner
 mkdir -p "$LOGS"
 START=$(date +%s)

@@ -7,8 +7,9 @@ import random
 import numpy as np
 import pytest
 import torch
-import e3nn
-from e3nn import o3
+
+e3nn = pytest.importorskip("e3nn", reason="e3nn 0.6 is a test dependency: pip install '.[test]'")
+o3 = pytest.importorskip("e3nn.o3")
 
 from fastops._so3_math import (Irrep, Irreps, MulIr, angles_to_matrix, matrix_to_angles, rand_matrix,
                                spherical_harmonics, wigner_3j, wigner_D)
