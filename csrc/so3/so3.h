@@ -62,8 +62,9 @@ std::shared_ptr<const CpuPlan> compile_cpu_plan(const PlanView& plan);
 // A batch of samples t in [0, batch). Sample t reads x1 row x1_index ? x1_index[t] : t (of x1_rows rows),
 // x2 row t and weight row t (weight_stride 0: one weight row shared by all samples; weight may be null
 // when plan.weight_numel == 0). Its result belongs to output row out_index ? out_index[t] : t (of out_rows).
-// Strides are in elements; the last dimension of every operand is contiguous. Indices are validated by
-// the caller (0 <= index < rows).
+// Strides are in elements; the last dimension of every operand is contiguous. Without x1_index, x1 has
+// one row per sample (x1_rows == batch); without out_index, likewise for the output. Indices are validated
+// by the caller (0 <= index < rows): the kernels do not check them.
 struct Problem {
   PlanView plan;
   Real dtype = Real::f32;
@@ -117,8 +118,9 @@ struct DevicePlan {
 };
 void forward_cuda(const Problem& p, const DevicePlan& device_plan, const int64_t* order, bool deterministic,
                   void* out, int64_t out_stride, std::uintptr_t stream);
-// Bytes of device workspace backward_cuda needs for these sizes (e.g. per-block partial sums of a shared
-// weight's gradient); the caller allocates it (torch's allocator) and passes it as `workspace`.
+// Bytes of device workspace backward_cuda needs (per-block partial sums of a shared weight's gradient). It
+// depends only on batch, plan.weight_numel, weight_stride == 0, dtype and the current device's SM count
+// (the bindings fill only those); the caller allocates it (torch's allocator) and passes it as `workspace`.
 std::size_t backward_cuda_workspace_bytes(const Problem& p, bool deterministic);
 void backward_cuda(const Problem& p, const DevicePlan& device_plan, const int64_t* order, bool deterministic,
                    const void* grad_out, int64_t grad_out_stride, const Grads& grads, void* workspace,
