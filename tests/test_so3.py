@@ -204,6 +204,30 @@ def test_fully_connected_and_elementwise_helpers_match_e3nn(gen):
     assert _rel(el(a, b), el_e.double()(a, b)) <= 1e-12
 
 
+def test_modules_pickle_across_processes(tmp_path, gen):
+    """Plans live in a per-process registry: a module saved with torch.save must find its plan again in
+    a process that built other plans first."""
+    import subprocess
+    import sys
+
+    r1, r2, ro, ins = PROBLEMS["nequip"]
+    conv = so3.TensorProductConv(r1, r2, ro, ins)
+    tp = so3.TensorProduct(r1, r2, ro, ins, shared_weights=True)
+    torch.save({"conv": conv, "tp": tp}, tmp_path / "modules.pt")
+    x1 = torch.randn(3, tp.irreps_in1.dim, generator=gen)
+    x2 = torch.randn(3, tp.irreps_in2.dim, generator=gen)
+    torch.save({"x1": x1, "x2": x2, "out": tp(x1, x2)}, tmp_path / "data.pt")
+    script = f"""
+import torch, fastops.so3 as so3
+so3.fully_connected_tp("2x0e", "2x0e", "2x0e")  # a different plan takes the first registry slot
+m = torch.load({str(tmp_path / "modules.pt")!r}, weights_only=False)
+d = torch.load({str(tmp_path / "data.pt")!r})
+assert str(m["conv"].irreps_out) == {str(conv.irreps_out)!r}
+assert torch.equal(m["tp"](d["x1"], d["x2"]), d["out"])
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
 def test_channelwise_matches_mace_construction():
     out, ins = so3.channelwise_instructions("4x0e+4x1o", "0e+1o+2e", "0e+1o+2e")
     # 0e x {0e, 1o, 2e} and 1o x {0e -> 1o, 1o -> 0e, 2e, 2e -> 1o}: one output block per path, sorted.

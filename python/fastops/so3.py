@@ -398,8 +398,10 @@ class _TPBase(torch.nn.Module):
         super().__init__()
         irrep_normalization = "component" if irrep_normalization is None else irrep_normalization
         path_normalization = "element" if path_normalization is None else path_normalization
-        self._plan_id = _plan_id(irreps_in1, irreps_in2, irreps_out, list(instructions), irrep_normalization,
-                                 path_normalization)
+        # The plan id indexes this process's registry; pickles carry the key and look the plan up again.
+        self._plan_key = (str(Irreps(irreps_in1)), str(Irreps(irreps_in2)), str(Irreps(irreps_out)),
+                          [tuple(i) for i in instructions], irrep_normalization, path_normalization)
+        self._plan_id = _plan_id(*self._plan_key)
         plan = self.plan
         if shared_weights is False and internal_weights is None:
             internal_weights = False
@@ -423,6 +425,10 @@ class _TPBase(torch.nn.Module):
     @property
     def plan(self) -> TPPlan:
         return _PLANS[self._plan_id]
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._plan_id = _plan_id(*self._plan_key)
 
     def _weight(self, op: str, weight, dtype) -> Optional[torch.Tensor]:
         if not self.plan.has_weighted_path:
