@@ -382,6 +382,10 @@ def test_irreps_D_match_e3nn(gen, f64_default):
     assert (ours.D_from_angles(a, b, c, 1) - ref.D_from_angles(a, b, c, torch.ones_like(a))).abs().max() <= 1e-12
     assert (Irrep("2o").D_from_matrix(-R) - o3.Irrep("2o").D_from_matrix(-R)).abs().max() <= 1e-12
     assert Irreps("").D_from_matrix(R).shape == (3, 5, 0, 0)
+    # k broadcasts with the angles, as in e3nn
+    k2 = torch.tensor([0.0, 1.0], dtype=F64)
+    assert (ours.D_from_angles(a[0, 0], b[0, 0], c[0, 0], k2)
+            - ref.D_from_angles(a[0, 0], b[0, 0], c[0, 0], k2)).abs().max() <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
