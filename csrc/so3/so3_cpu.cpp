@@ -128,8 +128,6 @@ int64_t piece_bound(int64_t i, int64_t pieces, int64_t n) { return n * i / piece
 
 }  // namespace
 
-const CpuKernels& scalar_kernels() { return kScalarKernels; }
-
 void scratch_offsets(const Compiled& c, int64_t offsets[kScratchParts + 1]) {
   int64_t sizes[kScratchParts];
   sizes[kX1T] = c.t1;

@@ -115,7 +115,6 @@ struct CpuKernels {
   void (*backward_f64)(const BackwardWork&);
 };
 
-const CpuKernels& scalar_kernels();
 #if defined(FASTOPS_HAVE_AVX2_KERNELS)
 const CpuKernels& avx2_kernels();
 const CpuKernels& avx512_kernels();

@@ -388,8 +388,7 @@ def _check_operand(op: str, name: str, t: torch.Tensor, dim: int, dtype: Optiona
 
 def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """[N, dim] with a contiguous last dimension (a view when possible; the kernels read rows)."""
-    t = t.reshape(-1, dim)
-    return t if dim <= 1 or t.stride(-1) == 1 else t.contiguous()
+    return _unit_inner(t.reshape(-1, dim))
 
 
 class _TPBase(torch.nn.Module):
