@@ -18,6 +18,7 @@ namespace bind {
 void register_lut(nb::module_& m);
 void register_sparse(nb::module_& m);
 void register_so3(nb::module_& m);
+void register_gaunt(nb::module_& m);
 void register_bitgemm(nb::module_& m);
 void register_trie(nb::module_& m);
 }
@@ -96,6 +97,7 @@ NB_MODULE(_C, m) {
   fastops::bind::register_lut(m);
   fastops::bind::register_sparse(m);
   fastops::bind::register_so3(m);
+  fastops::bind::register_gaunt(m);
   fastops::bind::register_bitgemm(m);
   fastops::bind::register_trie(m);
 }

@@ -14,6 +14,7 @@
 #include "common/errors.h"
 #include "common/parallel.h"
 #include "so3/so3.h"
+#include "so3/gaunt_cpu_kernel_impl.h"
 #include "so3/so3_cpu_kernel_impl.h"
 #include "so3/so3_cpu_kernels.h"
 
@@ -40,10 +41,16 @@ struct ScalarVec {
   }
   static ScalarVec fma(ScalarVec a, ScalarVec b, ScalarVec c) { return {a.v * b.v + c.v}; }
   static ScalarVec mul(ScalarVec a, ScalarVec b) { return {a.v * b.v}; }
+  static ScalarVec add(ScalarVec a, ScalarVec b) { return {a.v + b.v}; }
+  static ScalarVec sub(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }
+  static void store_n(T* p, ScalarVec a, int64_t n) {
+    if (n > 0) *p = a.v;
+  }
   static T hsum(ScalarVec a) { return a.v; }
 };
 
 const CpuKernels kScalarKernels = make_kernels<ScalarVec<float>, ScalarVec<double>>("scalar");
+const GauntCpuKernels kGauntScalarKernels = make_gaunt_kernels<ScalarVec<float>, ScalarVec<double>>("scalar");
 
 // Distinct blocks of one operand in offset order, each given its place in the T layout.
 std::vector<Block> layout_blocks(std::vector<Block> uses, int64_t* t_len) {
@@ -389,5 +396,13 @@ void backward_cpu(const Problem& p, const int64_t* order, const void* grad_out, 
   }
 }
 
+}  // namespace so3
+}  // namespace fastops
+
+namespace fastops {
+namespace so3 {
+namespace detail {
+const GauntCpuKernels& gaunt_scalar_kernels() { return kGauntScalarKernels; }
+}  // namespace detail
 }  // namespace so3
 }  // namespace fastops

@@ -2,6 +2,7 @@
 // partial vectors go through maskload / maskstore with a lane mask built from the count.
 #include <immintrin.h>
 
+#include "so3/gaunt_cpu_kernel_impl.h"
 #include "so3/so3_cpu_kernel_impl.h"
 
 namespace fastops {
@@ -42,6 +43,11 @@ struct Avx2F32 {
   }
   static Avx2F32 fma(Avx2F32 a, Avx2F32 b, Avx2F32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static Avx2F32 mul(Avx2F32 a, Avx2F32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  static Avx2F32 add(Avx2F32 a, Avx2F32 b) { return {_mm256_add_ps(a.v, b.v)}; }
+  static Avx2F32 sub(Avx2F32 a, Avx2F32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  static void store_n(float* p, Avx2F32 a, int64_t n) {
+    if (n >= 8) _mm256_storeu_ps(p, a.v); else _mm256_maskstore_ps(p, lane_mask32(n), a.v);
+  }
   static float hsum(Avx2F32 a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -72,6 +78,11 @@ struct Avx2F64 {
   }
   static Avx2F64 fma(Avx2F64 a, Avx2F64 b, Avx2F64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   static Avx2F64 mul(Avx2F64 a, Avx2F64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  static Avx2F64 add(Avx2F64 a, Avx2F64 b) { return {_mm256_add_pd(a.v, b.v)}; }
+  static Avx2F64 sub(Avx2F64 a, Avx2F64 b) { return {_mm256_sub_pd(a.v, b.v)}; }
+  static void store_n(double* p, Avx2F64 a, int64_t n) {
+    if (n >= 4) _mm256_storeu_pd(p, a.v); else _mm256_maskstore_pd(p, lane_mask64(n), a.v);
+  }
   static double hsum(Avx2F64 a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -79,10 +90,12 @@ struct Avx2F64 {
 };
 
 const CpuKernels kAvx2Kernels = make_kernels<Avx2F32, Avx2F64>("avx2");
+const GauntCpuKernels kGauntAvx2Kernels = make_gaunt_kernels<Avx2F32, Avx2F64>("avx2");
 
 }  // namespace
 
 const CpuKernels& avx2_kernels() { return kAvx2Kernels; }
+const GauntCpuKernels& gaunt_avx2_kernels() { return kGauntAvx2Kernels; }
 
 }  // namespace detail
 }  // namespace so3

@@ -2,6 +2,7 @@
 // masked loads and stores for multiplicities that are not a multiple of the lane count.
 #include <immintrin.h>
 
+#include "so3/gaunt_cpu_kernel_impl.h"
 #include "so3/so3_cpu_kernel_impl.h"
 
 // GCC 12 reports the _mm512_undefined_* placeholders of _mm512_reduce_add_* as "may be used uninitialized"
@@ -30,6 +31,9 @@ struct Avx512F32 {
   }
   static Avx512F32 fma(Avx512F32 a, Avx512F32 b, Avx512F32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static Avx512F32 mul(Avx512F32 a, Avx512F32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static Avx512F32 add(Avx512F32 a, Avx512F32 b) { return {_mm512_add_ps(a.v, b.v)}; }
+  static Avx512F32 sub(Avx512F32 a, Avx512F32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  static void store_n(float* p, Avx512F32 a, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), a.v); }
   static float hsum(Avx512F32 a) { return _mm512_reduce_add_ps(a.v); }
 };
 
@@ -50,14 +54,19 @@ struct Avx512F64 {
   }
   static Avx512F64 fma(Avx512F64 a, Avx512F64 b, Avx512F64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   static Avx512F64 mul(Avx512F64 a, Avx512F64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  static Avx512F64 add(Avx512F64 a, Avx512F64 b) { return {_mm512_add_pd(a.v, b.v)}; }
+  static Avx512F64 sub(Avx512F64 a, Avx512F64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  static void store_n(double* p, Avx512F64 a, int64_t n) { _mm512_mask_storeu_pd(p, mask(n), a.v); }
   static double hsum(Avx512F64 a) { return _mm512_reduce_add_pd(a.v); }
 };
 
 const CpuKernels kAvx512Kernels = make_kernels<Avx512F32, Avx512F64>("avx512");
+const GauntCpuKernels kGauntAvx512Kernels = make_gaunt_kernels<Avx512F32, Avx512F64>("avx512");
 
 }  // namespace
 
 const CpuKernels& avx512_kernels() { return kAvx512Kernels; }
+const GauntCpuKernels& gaunt_avx512_kernels() { return kGauntAvx512Kernels; }
 
 }  // namespace detail
 }  // namespace so3

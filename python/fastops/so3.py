@@ -660,7 +660,13 @@ def cpu_kernel_name() -> str:
     return _C.so3_cpu_kernel_name()
 
 
-__all__ = ["Irrep", "Irreps", "Instruction", "TPPlan", "TensorProduct", "TensorProductConv", "angles_to_matrix",
+from ._so3_gaunt import (CPTensorProduct, CPTensorProductConv, GauntTensorProduct, cp_reference_tensor,  # noqa: E402
+                         default_rank, fit_cp, from_s2grid, gaunt, gaunt_cpu_kernel_name, s2grid, s2grid_resolution,
+                         to_s2grid)
+
+__all__ = ["CPTensorProduct", "CPTensorProductConv", "GauntTensorProduct", "cp_reference_tensor", "default_rank",
+           "fit_cp", "from_s2grid", "gaunt", "gaunt_cpu_kernel_name", "s2grid", "s2grid_resolution", "to_s2grid",
+           "Irrep", "Irreps", "Instruction", "TPPlan", "TensorProduct", "TensorProductConv", "angles_to_matrix",
            "channelwise_instructions", "channelwise_tp", "cpu_kernel_name", "edge_orders", "elementwise_tp",
            "fully_connected_instructions", "fully_connected_tp", "matrix_to_angles", "rand_matrix",
            "spherical_harmonics", "wigner_3j", "wigner_D", "MODES"]
