@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import math
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -360,11 +361,12 @@ def cp_reference_tensor(lmax: int) -> torch.Tensor:
 
 
 def default_rank(lmax: int) -> int:
-    """TDN's 'quadratic' rank schedule 7 L^2 (at least 1)."""
+    """TDN's 'quadratic' rank schedule 7 L^2 (at least 1). NOTE: on the exact stacked CG tensor it leaves a
+    relative error of 2-6% (lmax 1-3, measured); reaching 1e-3 takes about (lmax + 1)^4 / 2.4."""
     return max(1, 7 * lmax * lmax)
 
 
-def fit_cp(tensor: torch.Tensor, rank: int, tol: float = 1e-6, max_iter: int = 5000, seed: int = 0,
+def fit_cp(tensor: torch.Tensor, rank: int, tol: float = 1e-6, max_iter: int = 2000, seed: int = 0,
            progress: bool = False):
     """Rank-`rank` CP factors (A, B, C) of a 3-way float64 tensor by alternating least squares:
     tensor[i, j, k] ~ sum_r A[i, r] B[j, r] C[k, r]. Stops when the relative Frobenius error is below tol or
@@ -389,19 +391,20 @@ def fit_cp(tensor: torch.Tensor, rank: int, tol: float = 1e-6, max_iter: int = 5
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_iter, desc=f"CP fit rank {rank}", leave=False)
-    err, prev = float("inf"), float("inf")
+    err, history = float("inf"), []
     for it in range(max_iter):
         A = solve(t1, B, C)
         B = solve(t2, A, C)
         C = solve(t3, A, B)
         if it % 10 == 9 or it == max_iter - 1:
             err = float((torch.einsum("ir,jr,kr->ijk", A, B, C) - tensor).norm()) / norm
+            history.append(err)
             if bar is not None:
-                bar.update(10)
+                bar.update(min(10, max_iter - bar.n))
                 bar.set_postfix(rel_error=f"{err:.2e}")
-            if err < tol or err > prev * (1 - 1e-4):
+            # ALS moves in plateaus: stop at tol, or when 200 sweeps gained less than 0.1%
+            if err < tol or (len(history) > 20 and err > 0.999 * history[-21]):
                 break
-            prev = err
     if bar is not None:
         bar.close()
     # balance the columns' norms (the product is unchanged)
@@ -463,7 +466,7 @@ class CPTensorProduct(torch.nn.Module):
     Frobenius error). The fit is deterministic (seed) and cached per process."""
 
     def __init__(self, lmax: int, channels: int, rank: Optional[int] = None, factors: Optional[Sequence] = None,
-                 tol: float = 1e-6, max_iter: int = 5000, seed: int = 0, progress: bool = False):
+                 tol: float = 1e-6, max_iter: int = 2000, seed: int = 0, progress: bool = False):
         super().__init__()
         op = "CPTensorProduct"
         self.lmax = _check_lmax(op, "lmax", lmax)
@@ -485,15 +488,19 @@ class CPTensorProduct(torch.nn.Module):
             for name, f in zip(("f1", "f2", "f3"), factors):
                 check_tensor(op, "factors", f)
                 if tuple(f.shape) != (d, self.rank):
-                    raise ValueError(f"{op}: each factor must have shape [{d}, {self.rank}]; got {list(f.shape)}")
+                    raise ValueError(f"{op}: each of the factors must have shape [{d}, {self.rank}]; got {list(f.shape)}")
                 getattr(self, name).copy_(f.detach().to(torch.float64))
             self.fit_error.fill_(self.relative_error())
 
     @torch.no_grad()
-    def fit_(self, tol: float = 1e-6, max_iter: int = 5000, seed: int = 0, progress: bool = True) -> float:
+    def fit_(self, tol: float = 1e-6, max_iter: int = 2000, seed: int = 0, progress: bool = True) -> float:
         """Fits the factors to the exact tensor (alternating least squares, tqdm progress bar); returns and
-        stores the relative error."""
+        stores the relative error, and warns when it exceeds 1e-3 (TDN's stopping point)."""
         a, b, c, err = _fitted(self.lmax, self.rank, seed, tol, max_iter, progress)
+        if err > 1e-3:
+            warnings.warn(f"CPTensorProduct(lmax={self.lmax}): rank {self.rank} fits the CG tensor only to a relative "
+                          f"error of {err:.1e}; ranks reaching 1e-3 are about (lmax + 1)^4 / 2.4 (lmax 1: 8, 2: 40, "
+                          "3: 110, 4: 260)", stacklevel=2)
         for name, f in zip(("f1", "f2", "f3"), (a, b, c)):
             getattr(self, name).copy_(f)
         self.fit_error.fill_(err)

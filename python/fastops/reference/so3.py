@@ -77,3 +77,41 @@ def tensor_product(irreps_in1, irreps_in2, irreps_out, instructions: Sequence[tu
             r = t if wp is None else (wp[None, :, None] if wp.dim() == 1 else wp[:, :, None]) * t
         outs[io] = outs[io] + alpha * r
     return torch.cat([o.reshape(z, -1) for o in outs], dim=1) if outs else x1.new_zeros(z, 0)
+
+
+def _gaunt_coefficients(l1: int, l2: int, l3: int) -> torch.Tensor:
+    """int Y_l1 Y_l2 Y_l3 over the sphere (integral normalization) from the closed form
+    G = sqrt((2l1+1)(2l2+1)(2l3+1) / 4pi) |(l1 l2 l3; 0 0 0)| * wigner_3j, with the 3j symbol at m = 0 from
+    Racah's formula; zero for odd l1 + l2 + l3 (parity)."""
+    from math import factorial, pi
+
+    from .._so3_math import wigner_3j
+    J = l1 + l2 + l3
+    if J % 2:
+        return torch.zeros(2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1, dtype=torch.float64)
+    g = J // 2
+    three_j = sqrt(factorial(J - 2 * l1) * factorial(J - 2 * l2) * factorial(J - 2 * l3) / factorial(J + 1)) * \
+        factorial(g) / (factorial(g - l1) * factorial(g - l2) * factorial(g - l3))
+    return sqrt((2 * l1 + 1) * (2 * l2 + 1) * (2 * l3 + 1) / (4 * pi)) * three_j * wigner_3j(l1, l2, l3).double()
+
+
+def gaunt_tp(x: torch.Tensor, y: torch.Tensor, l1: int, l2: int, l3: int) -> torch.Tensor:
+    """Gaunt product of x [..., (l1+1)^2] and y [..., (l2+1)^2] -> [..., (l3+1)^2] in float64, summed over
+    every (a <= l1, b <= l2, c <= l3) inside the triangle rule."""
+    x, y = x.double(), y.double()
+    out = x.new_zeros(torch.broadcast_shapes(x.shape[:-1], y.shape[:-1]) + ((l3 + 1) ** 2,))
+    for a in range(l1 + 1):
+        for b in range(l2 + 1):
+            for c in range(abs(a - b), min(a + b, l3) + 1):
+                out[..., c * c:(c + 1) ** 2] += torch.einsum(
+                    "ijk,...i,...j->...k", _gaunt_coefficients(a, b, c), x[..., a * a:(a + 1) ** 2],
+                    y[..., b * b:(b + 1) ** 2])
+    return out
+
+
+def cp_tp(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,
+          f3: torch.Tensor) -> torch.Tensor:
+    """CP product out[e, c, k] = w[e, c] sum_r f3[k, r] (sum_i f1[i, r] x[e, c, i]) (sum_j f2[j, r] y[e, j]),
+    float64, through the full tensor sum_r f1 (x) f2 (x) f3 (independent of the factored evaluation)."""
+    m = torch.einsum("ir,jr,kr->ijk", f1.double(), f2.double(), f3.double())
+    return torch.einsum("ijk,eci,ej,ec->eck", m, x.double(), y.double(), w.double())
