@@ -8,6 +8,12 @@ the [E, out] messages. `pass`: fwd, or fwd_bwd (forward plus gradients of every 
 training needs per step). The e3nn peer runs on a graph of 1e4 edges (its time grows linearly with E;
 1e5 edges would take minutes and ~10 GB); fastops also runs the issue's 1e5 edges over 5e3 nodes.
 so3_tp: the unfused batched TensorProduct (per-sample weights for MACE, shared for the fully connected one).
+gaunt: the weightless Gaunt product of two single-channel functions of degrees <= L into degrees <= 2L
+(PriceofFreedom's "MIMO" microbenchmark), batch 1e4, every fastops method; peers e3nn FullTensorProduct
+(all paths, odd ones too: what users run today) and e3nn 'uuu' with kappa^2 path weights (the same math).
+FLOPs: the grid program's count at the minimal grid (one problem count for every implementation).
+cp_tp: TDN's CP product, lmax 2 and 3, 128 channels, 1e4 edges at the default rank 7 L^2; peers the same
+factors through three torch matmuls, and e3nn's exact uvu TensorProduct that CP approximates.
 
 Problems (fp32): mace-24p = 128x0e+128x1o+128x2e x Y(l<=3) -> every irrep l<=3 (24 uvu paths, the issue's
 e3nn baseline); mace-large-17p = OpenEquivariance's mace-large (outputs 0e+1o+2e+3o, 17 paths);
@@ -129,11 +135,122 @@ def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
     return Case("so3_tp", device, problem, {"Z": batch, "pass": "fwd"}, impl, prepare, rows=batch)
 
 
+def _sh_irreps(lmax: int) -> str:
+    return "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+
+
+def _e3nn_gaunt(lmax: int, kind: str):
+    from e3nn import o3
+
+    from fastops import _gaunt_programs as gp
+
+    irreps = o3.Irreps(_sh_irreps(lmax))
+    if kind == "full":
+        return o3.FullTensorProduct(irreps, irreps)
+    out, ins = [], []
+    for a in range(lmax + 1):
+        for b in range(lmax + 1):
+            for c in range(abs(a - b), a + b + 1):
+                if (a + b + c) % 2 == 0:
+                    ins.append((a, b, len(out), "uuu", False, gp.kappa(a, b, c) ** 2))
+                    out.append((1, (c, (-1) ** c)))
+    return o3.TensorProduct(irreps, irreps, o3.Irreps(out), ins, irrep_normalization="none",
+                            path_normalization="none")
+
+
+def _gaunt_case(device: str, lmax: int, batch: int, impl: str) -> Case:
+    def prepare() -> Prepared:
+        import fastops.so3 as so3
+        from fastops import _gaunt_programs as gp
+
+        d, dout = (lmax + 1) ** 2, (2 * lmax + 1) ** 2
+        gen = torch.Generator().manual_seed(lmax)
+        x = torch.randn(batch, 1, d, generator=gen)
+        y = torch.randn(batch, 1, d, generator=gen)
+        if impl.startswith("fastops"):
+            method = impl.split("-")[1]
+            tp = memo(("gaunt", lmax, method), lambda: so3.GauntTensorProduct(lmax, lmax, 2 * lmax, method=method))
+
+            def run(operands):
+                with torch.no_grad():
+                    return tp(*operands)
+        else:
+            tp = memo(("e3nn_gaunt", lmax, impl), lambda: _e3nn_gaunt(lmax, impl.split("-")[1]))
+
+            def run(operands):
+                with torch.no_grad():
+                    return tp(operands[0][:, 0], operands[1][:, 0])
+        flops = batch * gp.grid_program(lmax, lmax, 2 * lmax, *gp.minimal_grid(lmax, lmax, 2 * lmax)).flops_per_sample()
+        operands = (x, y) if device == "cpu" else (x.to(device), y.to(device))
+        return Prepared(run, Rotation(operands, device, min_copies=1), 4 * batch * (2 * d + dout), flops, torch.float32)
+
+    return Case("gaunt", device, f"L{lmax}", {"B": batch, "pass": "fwd"}, impl, prepare, rows=batch)
+
+
+def _cp_case(device: str, lmax: int, channels: int, edges: int, impl: str) -> Case:
+    def prepare() -> Prepared:
+        import fastops.so3 as so3
+
+        cp = memo(("cp", lmax, channels), lambda: so3.CPTensorProduct(lmax, channels))
+        d = (lmax + 1) ** 2
+        gen = torch.Generator().manual_seed(edges)
+        x = torch.randn(edges, channels, d, generator=gen)
+        y = torch.randn(edges, d, generator=gen)
+        w = torch.randn(edges, channels, generator=gen)
+        f1, f2, f3 = (f.float() for f in (cp.f1, cp.f2, cp.f3))
+        if impl == "fastops":
+            def forward(x, y, w):
+                return cp(x, y, w)
+        elif impl == "torch-matmul":
+            def forward(x, y, w):
+                return ((x @ f1) * (y @ f2)[:, None, :] * w[..., None]) @ f3.T
+        else:
+            tp = memo(("e3nn_cp", lmax, channels), lambda: _e3nn_cp_exact(lmax, channels))
+
+            def forward(x, y, w):
+                return tp(x.transpose(1, 2).reshape(edges, -1), y, w.repeat(1, tp.weight_numel // channels))
+
+        def run(operands):
+            with torch.no_grad():
+                return forward(*operands)
+        flops = edges * channels * (4 * d * cp.rank + 2 * cp.rank) + edges * 2 * d * cp.rank
+        nbytes = 4 * (x.numel() + y.numel() + w.numel() + x.numel())
+        return Prepared(run, Rotation((x, y, w), device, min_copies=1), nbytes, flops, torch.float32)
+
+    return Case("cp_tp", device, f"l{lmax}-c{channels}", {"E": edges, "pass": "fwd"}, impl, prepare, rows=edges)
+
+
+def _e3nn_cp_exact(lmax: int, channels: int):
+    """e3nn's uvu TensorProduct of the exact tensor CP approximates: all triangle paths (parity-free irreps),
+    no normalization. Its input is e3nn's ir_mul-free layout: x rows [C x (0e+1e+...)] in mul_ir order
+    (the benchmark's transpose to that order is part of the peer's cost, as a user would pay it)."""
+    from e3nn import o3
+
+    irreps1 = o3.Irreps([(channels, (l, 1)) for l in range(lmax + 1)])
+    irreps2 = o3.Irreps([(1, (l, 1)) for l in range(lmax + 1)])
+    out, ins = [], []
+    for a in range(lmax + 1):
+        for b in range(lmax + 1):
+            for c in range(abs(a - b), min(a + b, lmax) + 1):
+                ins.append((a, b, len(out), "uvu", True))
+                out.append((channels, (c, 1)))
+    return o3.TensorProduct(irreps1, irreps2, o3.Irreps(out), ins, irrep_normalization="none",
+                            path_normalization="none", internal_weights=False, shared_weights=False)
+
+
 def build_cases(device: str, quick: bool) -> list[Case]:
+    gaunt_ls = [2, 4] if quick else [2, 4, 6, 8]
     if device != "cpu":
-        return []  # the CUDA cases (cuEquivariance / OpenEquivariance peers) are not written yet
+        # CUDA: fastops only (the peers' CUDA paths are not in this suite yet)
+        return [_gaunt_case(device, lmax, 10_000, "fastops-grid") for lmax in gaunt_ls]
     plan = _plan(device, quick)
     cases = []
+    for lmax in gaunt_ls:
+        impls = ["fastops-grid", "fastops-fft", "fastops-direct", "e3nn-uuu"] + (["e3nn-full"] if lmax <= 6 else [])
+        cases += [_gaunt_case(device, lmax, 10_000, impl) for impl in impls]
+    for lmax in ([2] if quick else [2, 3]):
+        cases += [_cp_case(device, lmax, 128, 10_000 if not quick else 2000, impl)
+                  for impl in ("fastops", "torch-matmul", "e3nn-exact")]
     for problem in plan["problems"]:
         for nodes, edges in plan["graphs"]:
             for pass_ in plan["passes"]:
