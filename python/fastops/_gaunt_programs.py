@@ -299,7 +299,7 @@ def grid_program(l1: int, l2: int, l3: int, n_beta: int, n_alpha: int) -> Progra
     north = list(range(H + mid))  # ring slots 0..H-1 (+ the equator at H); south ring slot H+mid+p mirrors p
     alpha = _AlphaStage(b, n_alpha)
 
-    def synthesis(lmax: int):
+    def legendre_synthesis(lmax: int):
         groups, slot_of = _parity_groups(lmax)
         x = b.alloc(dim(lmax))
         width = 2 * lmax + 1
@@ -311,18 +311,19 @@ def grid_program(l1: int, l2: int, l3: int, n_beta: int, n_alpha: int) -> Progra
             first_ring = 0 if par == 0 else H + mid
             b.matvec(g + first_ring * width + m + lmax, width, len(rows), x + pos, 1, mat)
         b.butterfly(g, 1, H * width, g + (H + mid) * width, 1)
-        v = b.alloc(n_beta * n_alpha)
-        for r in range(n_beta):
-            alpha.synth(g + r * width, lmax, v + r * n_alpha)
-        return [x + s for s in slot_of], v
+        return [x + s for s in slot_of], g
 
-    in1, v1 = synthesis(l1)
-    in2, v2 = synthesis(l2)
-    b.mul(v1, n_beta * n_alpha, v1, v2)
+    in1, g1 = legendre_synthesis(l1)
+    in2, g2 = legendre_synthesis(l2)
     width = 2 * l3 + 1
     hs = b.alloc(n_beta * width)
+    # ring by ring, so the ring values (the largest intermediate) need one ring of slots per input
+    v1, v2 = b.alloc(n_alpha), b.alloc(n_alpha)
     for r in range(n_beta):
-        alpha.analyse(v1 + r * n_alpha, l3, hs + r * width, 2 * math.pi / n_alpha)
+        alpha.synth(g1 + r * (2 * l1 + 1), l1, v1)
+        alpha.synth(g2 + r * (2 * l2 + 1), l2, v2)
+        b.mul(v1, n_alpha, v1, v2)
+        alpha.analyse(v1, l3, hs + r * width, 2 * math.pi / n_alpha)
     b.butterfly(hs, 1, H * width, hs + (H + mid) * width, 1)
     groups, slot_of = _parity_groups(l3)
     out = b.alloc(dim(l3))
@@ -383,18 +384,18 @@ def fft_program(l1: int, l2: int, l3: int) -> Program:
             b.matvec(f, 1, coef.shape[1], x + pos, 1, coef.T)  # sh2f: Fourier coefficients of this m
             b.matvec(t + m + lmax, width, p_theta, f, 1, _theta_basis(lmax, m, theta))  # inverse DFT in theta
             pos += len(ls)
-        v = b.alloc(p_theta * p_phi)
-        for j in range(p_theta):
-            alpha.synth(t + j * width, lmax, v + j * p_phi)  # inverse DFT in phi
-        return [x + s for s in slot_of], v
+        return [x + s for s in slot_of], t
 
-    in1, v1 = sh2f_and_synthesis(l1)
-    in2, v2 = sh2f_and_synthesis(l2)
-    b.mul(v1, p_theta * p_phi, v1, v2)
+    in1, t1 = sh2f_and_synthesis(l1)
+    in2, t2 = sh2f_and_synthesis(l2)
     width = 2 * l3 + 1
     hq = b.alloc(p_theta * width)
-    for j in range(p_theta):
-        alpha.analyse(v1 + j * p_phi, l3, hq + j * width, 2 * math.pi / p_phi)  # DFT in phi
+    v1, v2 = b.alloc(p_phi), b.alloc(p_phi)
+    for j in range(p_theta):  # per torus row: inverse DFT in phi, product, DFT in phi
+        alpha.synth(t1 + j * (2 * l1 + 1), l1, v1)
+        alpha.synth(t2 + j * (2 * l2 + 1), l2, v2)
+        b.mul(v1, p_phi, v1, v2)
+        alpha.analyse(v1, l3, hq + j * width, 2 * math.pi / p_phi)
     out = b.alloc(dim(l3))
     out_slot = [0] * dim(l3)
     degree = l1 + l2
