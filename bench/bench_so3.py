@@ -9,7 +9,8 @@ training needs per step). The e3nn peer runs on a graph of 1e4 edges (its time g
 1e5 edges would take minutes and ~10 GB); fastops also runs the issue's 1e5 edges over 5e3 nodes.
 so3_tp: the unfused batched TensorProduct (per-sample weights for MACE, shared for the fully connected one).
 gaunt: the weightless Gaunt product of two single-channel functions of degrees <= L into degrees <= 2L
-(PriceofFreedom's "MIMO" microbenchmark), batch 1e4, every fastops method; peers e3nn FullTensorProduct
+(PriceofFreedom's "MIMO" microbenchmark), batch 1e4: fastops (method='auto') and each method as a column
+(fastops-grid / -fft / -direct); peers e3nn FullTensorProduct
 (all paths, odd ones too: what users run today) and e3nn 'uuu' with kappa^2 path weights (the same math).
 FLOPs: the grid program's count at the minimal grid (one problem count for every implementation).
 cp_tp: TDN's CP product, lmax 2 and 3, 128 channels, 1e4 edges at the default rank 7 L^2; peers the same
@@ -168,7 +169,7 @@ def _gaunt_case(device: str, lmax: int, batch: int, impl: str) -> Case:
         x = torch.randn(batch, 1, d, generator=gen)
         y = torch.randn(batch, 1, d, generator=gen)
         if impl.startswith("fastops"):
-            method = impl.split("-")[1]
+            method = impl.split("-")[1] if "-" in impl else "auto"
             tp = memo(("gaunt", lmax, method), lambda: so3.GauntTensorProduct(lmax, lmax, 2 * lmax, method=method))
 
             def run(operands):
@@ -242,11 +243,13 @@ def build_cases(device: str, quick: bool) -> list[Case]:
     gaunt_ls = [2, 4] if quick else [2, 4, 6, 8]
     if device != "cpu":
         # CUDA: fastops only (the peers' CUDA paths are not in this suite yet)
-        return [_gaunt_case(device, lmax, 10_000, "fastops-grid") for lmax in gaunt_ls]
+        return [_gaunt_case(device, lmax, 10_000, impl) for lmax in gaunt_ls for impl in ("fastops", "fastops-direct")]
     plan = _plan(device, quick)
     cases = []
     for lmax in gaunt_ls:
-        impls = ["fastops-grid", "fastops-fft", "fastops-direct", "e3nn-uuu"] + (["e3nn-full"] if lmax <= 6 else [])
+        # "fastops" is method="auto"; the three methods run as columns of the same row (the trade-off table)
+        impls = ["fastops", "fastops-grid", "fastops-fft", "fastops-direct", "e3nn-uuu"] + \
+            (["e3nn-full"] if lmax <= 6 else [])
         cases += [_gaunt_case(device, lmax, 10_000, impl) for impl in impls]
     for lmax in ([2] if quick else [2, 3]):
         cases += [_cp_case(device, lmax, 128, 10_000 if not quick else 2000, impl)
