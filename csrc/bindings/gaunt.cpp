@@ -10,6 +10,7 @@
 
 #include "bindings/binding_utils.h"
 #include "so3/gaunt.h"
+#include "so3/gaunt_cuda_layout_test.h"
 
 namespace fastops {
 namespace bind {
@@ -209,6 +210,7 @@ void register_gaunt(nb::module_& m) {
         nb::arg("nthreads") = 1, nb::arg("stream") = 0,
         "out[e, c] = w[e, c] * f3 @ ((f1^T x[e, c]) * (f2^T y[e])) (csrc/so3/gaunt.h)");
   m.def("gaunt_cpu_kernel_name", [] { return std::string(so3::gaunt_cpu_kernel_name()); });
+  def_cuda_layout_selftest<so3::gaunt_cuda_layout_selftest>(m, "_gaunt_cuda_layout_selftest");
 }
 
 }  // namespace bind

@@ -84,12 +84,8 @@ __device__ __forceinline__ void dense_product_block(const DenseArgs<T>& a) {
   const bool resident = a.k_chunks == 1;  // x tiles staged once per work item
 
   for (int64_t work = blockIdx.x; work < a.work; work += gridDim.x) {
-    const DenseTile t = dense_tile(work, a.rows, a.dim_out, C::kRows, a.map);
-    int qslot[MR];  // x2 slot of each phase-A row (grouped)
-    if constexpr (kGrouped) {
-      FASTOPS_GAUNT_UNROLL
-      for (int r = 0; r < MR; ++r) qslot[r] = x2_slot_of_row(a.map, t, slot0 + r);
-    }
+    const DenseTile t = dense_tile<kGrouped>(work, a.rows, a.dim_out, C::kRows, a.map);
+    const uint32_t qslots = kGrouped ? packed_x2_slots<kGrouped, MR>(a.map, t, slot0) : 0u;
     const bool owns_f2 = !kGrouped || slot0 < t.groups;
     const T* const zcol = zs + phase_b_col(lane, 0);
     const T* const zlast = zs + phase_b_last_col(lane, NC, t.cols);
@@ -111,41 +107,46 @@ __device__ __forceinline__ void dense_product_block(const DenseArgs<T>& a) {
       for (int kq = 0; kq < a.k_chunks; ++kq) {
         const int k0 = kq * L.kc, n1 = k_rows(a.dim1, kq, L.kc), n2 = k_rows(a.dim2, kq, L.kc);
         __syncthreads();  // every thread is done with the buffers of the previous k-chunk / point chunk
+        constexpr int E = int(sizeof(T));
         if (!resident || c == 0) {
-          for_each_staged(warp, lane, C::kRows, n1, [&](int slot, int i) {
-            const bool ok = slot < t.rows;
-            const T* src = ok ? a.x1 + x1_row_offset(a.map, t.row_begin + slot) + k0 + i : a.x1;
-            cp_async_zfill<int(sizeof(T))>(xs1 + xs_index(i, slot, L.x1_stride), src, ok);
-          });
-          for_each_staged(warp, lane, L.x2_slots, n2, [&](int slot, int i) {
-            const bool ok = slot < t.groups;
-            const T* src = ok ? a.x2 + x2_row_offset(a.map, t.group0 + slot) + k0 + i : a.x2;
-            cp_async_zfill<int(sizeof(T))>(xs2 + xs_index(i, slot, L.x2_stride), src, ok);
-          });
+          // Row bases are null for rows past the tile (zero-filled slots).
+          for_each_staged(
+              warp, lane, C::kRows, n1,
+              [&](int slot) { return slot < t.rows ? a.x1 + x1_row_offset<kGrouped>(a.map, t.row_begin + slot) + k0 : nullptr; },
+              [&](int slot, int i, const T* base) {
+                cp_async_zfill<E>(xs1 + xs_index(i, slot, L.x1_stride), base ? base + i : a.x1, base != nullptr);
+              });
+          for_each_staged(
+              warp, lane, L.x2_slots, n2,
+              [&](int slot) { return slot < t.groups ? a.x2 + x2_row_offset(a.map, t.group0 + slot) + k0 : nullptr; },
+              [&](int slot, int i, const T* base) {
+                cp_async_zfill<E>(xs2 + xs_index(i, slot, L.x2_stride), base ? base + i : a.x2, base != nullptr);
+              });
         }
-        for_each_staged(warp, lane, n1, PC, [&](int i, int p) {
-          const bool ok = p < np;
-          const T* src = ok ? a.y1 + y_offset(k0 + i, p0 + p, a.points) : a.y1;
-          cp_async_zfill<int(sizeof(T))>(ys1 + ys_index<C>(i, p), src, ok);
-        });
-        for_each_staged(warp, lane, n2, PC, [&](int i, int p) {
-          const bool ok = p < np;
-          const T* src = ok ? a.y2 + y_offset(k0 + i, p0 + p, a.points) : a.y2;
-          cp_async_zfill<int(sizeof(T))>(ys2 + ys_index<C>(i, p), src, ok);
-        });
+        for_each_staged(
+            warp, lane, n1, PC, [&](int i) { return a.y1 + y_offset(k0 + i, p0, a.points); },
+            [&](int i, int p, const T* base) { cp_async_zfill<E>(ys1 + ys_index<C>(i, p), p < np ? base + p : a.y1, p < np); });
+        for_each_staged(
+            warp, lane, n2, PC, [&](int i) { return a.y2 + y_offset(k0 + i, p0, a.points); },
+            [&](int i, int p, const T* base) { cp_async_zfill<E>(ys2 + ys_index<C>(i, p), p < np ? base + p : a.y2, p < np); });
         cp_async_commit();
         if (kq == 0) {
           // The Z chunk is waited for only before phase B. Lanes walk Z's contiguous dimension: columns for
           // Gaunt's Z [points, dim_out], points for CP's F3 [dim_out, rank].
-          const auto copy_z = [&](int p, int col) {
-            const bool ok = p < np;
-            const T* src = ok ? a.z + z_offset(p0 + p, t.col0 + col, a.z_point_stride, a.z_col_stride) : a.z;
-            cp_async_zfill<int(sizeof(T))>(zs + zs_index(p, col, t.cols), src, ok);
-          };
           if (a.z_col_stride == 1)
-            for_each_staged(warp, lane, PC, t.cols, copy_z);
+            for_each_staged(
+                warp, lane, PC, t.cols,
+                [&](int p) { return p < np ? a.z + z_offset(p0 + p, t.col0, a.z_point_stride, 1) : nullptr; },
+                [&](int p, int col, const T* base) {
+                  cp_async_zfill<E>(zs + zs_index(p, col, t.cols), base ? base + col : a.z, base != nullptr);
+                });
           else
-            for_each_staged(warp, lane, t.cols, PC, [&](int col, int p) { copy_z(p, col); });
+            for_each_staged(
+                warp, lane, t.cols, PC,
+                [&](int col) { return a.z + z_offset(p0, t.col0 + col, a.z_point_stride, a.z_col_stride); },
+                [&](int col, int p, const T* base) {
+                  cp_async_zfill<E>(zs + zs_index(p, col, t.cols), p < np ? base + p * a.z_point_stride : a.z, p < np);
+                });
           cp_async_commit();
           cp_async_wait<1>();
         } else {
@@ -169,7 +170,7 @@ __device__ __forceinline__ void dense_product_block(const DenseArgs<T>& a) {
         for (int q = 0; q < MP; ++q) {
           T v[MR];
           FASTOPS_GAUNT_UNROLL
-          for (int r = 0; r < MR; ++r) v[r] = f1[r][q] * qs[ps_index(pt0 + q, qslot[r], L.q_stride)];
+          for (int r = 0; r < MR; ++r) v[r] = f1[r][q] * qs[ps_index(pt0 + q, unpack_x2_slot(qslots, r), L.q_stride)];
           store_vec(ps + ps_index(pt0 + q, slot0, L.p_stride), v);
         }
       } else {
@@ -190,7 +191,7 @@ __device__ __forceinline__ void dense_product_block(const DenseArgs<T>& a) {
     for (int r = 0; r < TM; ++r) {
       if (row0 + r >= t.rows) break;
       const int64_t row = t.row_begin + row0 + r;
-      const T s = a.w ? a.w[w_offset(a.map, row)] : T(1);
+      const T s = a.w ? a.w[w_offset<kGrouped>(a.map, row)] : T(1);
       T* dst = a.out + row * a.out_stride + t.col0;
       FASTOPS_GAUNT_UNROLL
       for (int j = 0; j < NC; ++j) {
@@ -205,15 +206,16 @@ template <class T, int NC>
 __global__ void __launch_bounds__(kThreads, 2) gaunt_dense_kernel(const DenseArgs<T> a) {
   dense_product_block<T, NC, false>(a);
 }
+// The grouped path keeps a few more values live (F2 slots, the extra barrier's state): past 192 output
+// columns (dim_out > 192, beyond CP's usual (L+1)^2 <= 81) fp32 would spill at 128 registers, so those
+// instances take one block per SM and up to 255 registers instead.
 template <class T, int NC>
-__global__ void __launch_bounds__(kThreads, 2) cp_forward_kernel(const DenseArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 4 && NC > 6 ? 1 : 2) cp_forward_kernel(const DenseArgs<T> a) {
   dense_product_block<T, NC, true>(a);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Host side.
-using KernelFn = void (*)(DenseArgs<float>);
-
 template <class T, bool kGrouped, int NC>
 constexpr auto kernel_for() {
   if constexpr (kGrouped)

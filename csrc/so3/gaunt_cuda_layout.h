@@ -34,9 +34,11 @@
 #if defined(__CUDA_ARCH__)
 #define FASTOPS_GAUNT_UNROLL _Pragma("unroll")
 #define FASTOPS_GAUNT_UNROLL_4 _Pragma("unroll 4")
+#define FASTOPS_GAUNT_UNROLL_1 _Pragma("unroll 1")
 #else
 #define FASTOPS_GAUNT_UNROLL
 #define FASTOPS_GAUNT_UNROLL_4
+#define FASTOPS_GAUNT_UNROLL_1
 #endif
 
 namespace fastops {
@@ -90,13 +92,23 @@ struct RowMap {
   int64_t x2_stride;                   // x2 element (g, j) at g * x2_stride + j (0 broadcasts a row)
   int64_t w_stride;                    // scale of row r at group * w_stride + inner (CP)
 };
-FASTOPS_HD int64_t row_group(const RowMap& m, int64_t row) { return row / m.group_size; }
+// kGrouped false: group_size is 1 (Gaunt), and the row maps need no division.
+template <bool kGrouped>
+FASTOPS_HD int64_t row_group(const RowMap& m, int64_t row) {
+  return kGrouped ? row / m.group_size : row;
+}
+template <bool kGrouped>
 FASTOPS_HD int64_t x1_row_offset(const RowMap& m, int64_t row) {
-  return (row / m.group_size) * m.x1_stride + (row % m.group_size) * m.x1_inner_stride;
+  if (!kGrouped) return row * m.x1_stride;
+  const int64_t g = row / m.group_size;
+  return g * m.x1_stride + (row - g * m.group_size) * m.x1_inner_stride;
 }
 FASTOPS_HD int64_t x2_row_offset(const RowMap& m, int64_t group) { return group * m.x2_stride; }
+template <bool kGrouped>
 FASTOPS_HD int64_t w_offset(const RowMap& m, int64_t row) {
-  return (row / m.group_size) * m.w_stride + row % m.group_size;
+  if (!kGrouped) return row * m.w_stride;
+  const int64_t g = row / m.group_size;
+  return g * m.w_stride + (row - g * m.group_size);
 }
 
 // Most groups kRows consecutive rows can touch: floor((rows-1)/gs) + 2, at most rows.
@@ -118,6 +130,7 @@ FASTOPS_HD int64_t col_tiles(int64_t dim_out) { return ceil_div(dim_out, kMaxCol
 FASTOPS_HD int64_t work_items(int64_t rows, int64_t dim_out, int tile_rows) {
   return ceil_div(rows, tile_rows) * col_tiles(dim_out);
 }
+template <bool kGrouped>
 FASTOPS_HD DenseTile dense_tile(int64_t work, int64_t rows, int64_t dim_out, int tile_rows, const RowMap& m) {
   const int64_t ct = col_tiles(dim_out);
   DenseTile t;
@@ -125,14 +138,25 @@ FASTOPS_HD DenseTile dense_tile(int64_t work, int64_t rows, int64_t dim_out, int
   t.rows = int32_t(min64(tile_rows, rows - t.row_begin));
   t.col0 = int32_t((work % ct) * kMaxColTile);
   t.cols = int32_t(min64(kMaxColTile, dim_out - t.col0));
-  t.group0 = row_group(m, t.row_begin);
-  t.groups = int32_t(row_group(m, t.row_begin + t.rows - 1) - t.group0 + 1);
+  t.group0 = row_group<kGrouped>(m, t.row_begin);
+  t.groups = int32_t(row_group<kGrouped>(m, t.row_begin + t.rows - 1) - t.group0 + 1);
   return t;
 }
 // x2 slot of tile row `slot` (rows past the tile's end map to slot 0: their results are not stored).
+template <bool kGrouped>
 FASTOPS_HD int x2_slot_of_row(const RowMap& m, const DenseTile& t, int slot) {
-  return slot < t.rows ? int(row_group(m, t.row_begin + slot) - t.group0) : 0;
+  return slot < t.rows ? int(row_group<kGrouped>(m, t.row_begin + slot) - t.group0) : 0;
 }
+// The x2 slots of a thread's MR phase-A rows, 8 bits each (slots < kRows <= 64), so the grouped kernel keeps
+// them in one register across the point chunks.
+template <bool kGrouped, int MR>
+FASTOPS_HD uint32_t packed_x2_slots(const RowMap& m, const DenseTile& t, int slot0) {
+  static_assert(MR <= 4, "four 8-bit slots per word");
+  uint32_t packed = 0;
+  for (int r = 0; r < MR; ++r) packed |= uint32_t(x2_slot_of_row<kGrouped>(m, t, slot0 + r)) << (8 * r);
+  return packed;
+}
+FASTOPS_HD int unpack_x2_slot(uint32_t packed, int r) { return int((packed >> (8 * r)) & 0xffu); }
 
 // Points and contraction rows.
 FASTOPS_HD int point_chunks(int points, int chunk) { return int(ceil_div(points, chunk)); }
@@ -164,11 +188,15 @@ FASTOPS_HD int phase_b_last_col(int lane, int nc, int cols) {
 FASTOPS_HD int col_groups(int64_t dim_out) { return int(ceil_div(min64(dim_out, kMaxColTile), kWarpSize)); }
 
 // Staging copies: warps stride over rows, lanes over columns, the dimension contiguous in global memory
-// (so a warp's cp.async requests coalesce).
-template <class F>
-FASTOPS_HD void for_each_staged(int warp, int lane, int rows, int cols, F&& f) {
-  for (int r = warp; r < rows; r += kWarps)
-    for (int c = lane; c < cols; c += kWarpSize) f(r, c);
+// (so a warp's cp.async requests coalesce). f(r, c, base) with base = row_base(r), computed once per row.
+template <class B, class F>
+FASTOPS_HD void for_each_staged(int warp, int lane, int rows, int cols, B&& row_base, F&& f) {
+  FASTOPS_GAUNT_UNROLL_1
+  for (int r = warp; r < rows; r += kWarps) {
+    const auto base = row_base(r);
+    FASTOPS_GAUNT_UNROLL_1
+    for (int c = lane; c < cols; c += kWarpSize) f(r, c, base);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -196,7 +224,7 @@ struct DenseLayout {
   int32_t kc;                    // contraction rows per k-chunk
   int32_t kc1, kc2;              // rows of the x1 / Y1 and x2 / Y2 buffers: min(dim, kc)
   int32_t x1_stride, x2_stride;  // slot strides of the x tiles
-  int32_t x2_slots;              // slots of the x2 tile (kRows, or the groups a tile can touch)
+  int32_t x2_slots;              // slots of the x2 tile (kRows, or the groups a tile can touch, whole micro-tiles)
   int32_t p_stride, q_stride;    // slot strides of P and of F2 (q only when grouped)
   int32_t max_cols;              // columns of the Z buffer: min(dim_out, kMaxColTile)
   int64_t x1, x2, y1, y2, p, q, z, total;  // byte offsets, total bytes
@@ -209,11 +237,11 @@ FASTOPS_HD DenseLayout make_dense_layout(int elem_bytes, int dim1, int dim2, int
   L.kc = kc;
   L.kc1 = int32_t(min64(dim1, kc));
   L.kc2 = int32_t(min64(dim2, kc));
-  L.x2_slots = int32_t(grouped ? max_tile_groups(C::kRows, group_size) : C::kRows);
+  L.x2_slots = int32_t(grouped ? round_up(max_tile_groups(C::kRows, group_size), C::kMicroRows) : C::kRows);
   L.x1_stride = slot_stride(C::kRows, C::kMicroRows);
   L.x2_stride = slot_stride(L.x2_slots, C::kMicroRows);
   L.p_stride = slot_stride(C::kRows, C::kMicroRows);
-  L.q_stride = grouped ? int32_t(round_up(L.x2_slots, C::kMicroRows)) : 0;
+  L.q_stride = grouped ? L.x2_slots : 0;
   L.max_cols = int32_t(min64(dim_out, kMaxColTile));
   const int64_t e = elem_bytes;
   int64_t o = 0;
@@ -305,7 +333,7 @@ FASTOPS_HD void project_accumulate(const T* xs, int xs_stride, const T* ys, int 
 template <class T, int TM, int NC, int PC>
 FASTOPS_HD void output_accumulate(const T* ps, int ps_stride, const T* zs, const T* zs_last, int zs_stride,
                                   T (&acc)[TM][NC]) {
-  FASTOPS_GAUNT_UNROLL_4
+  FASTOPS_GAUNT_UNROLL_1
   for (int p = 0; p < PC; ++p) {
     T a[TM], b[NC];
     load_vec(ps + p * ps_stride, a);
