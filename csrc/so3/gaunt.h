@@ -67,7 +67,7 @@ void gaunt_forward_cpu(const GauntCpuProgram& program, GauntReal dtype, int64_t 
 // Name of the CPU kernel set in use ("avx512", "avx2" or "scalar").
 const char* gaunt_cpu_kernel_name();
 
-// ---- CUDA (gaunt_cuda.cu, cp_cuda.cu), on `stream` (a cudaStream_t as an integer); nothing synchronizes.
+// ---- CUDA (gaunt_cuda.cu), on `stream` (a cudaStream_t as an integer); nothing synchronizes.
 
 // out[s, k] = sum_g Z[g, k] * (sum_i x1[s, i] Y1[i, g]) * (sum_j x2[s, j] Y2[j, g]) for s < samples.
 // Y1 [dim1, points], Y2 [dim2, points], Z [points, dim_out] are row-major device arrays of the dtype.

@@ -10,8 +10,9 @@
 // to global memory: per chunk it stages Y1 / Y2 / Z through shared memory with cp.async (Z lands while
 // phase A computes), forms the product chunk P in shared memory (phase A, register micro-tiles) and adds
 // P^T Z into a register accumulator (phase B). fp32 accumulates in fp32 FFMA (no TF32: the result matches
-// the CPU to fp32 round-off), fp64 in DFMA. Shared memory: fp32 L = 8 (dims 81, dim_out 289) ~107 KB,
-// so two blocks share an SM. Deterministic (no atomics); no host synchronization, allocation or copy.
+// the CPU to fp32 round-off), fp64 in DFMA. Shared memory: fp32 L = 8 (dims 81, dim_out 289) 108 KB,
+// so two blocks share an H100 SM; dims above 128 (or a smaller opt-in limit) stage x / Y in k-chunks.
+// Deterministic (no atomics); no host synchronization, allocation or copy.
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -18,7 +18,8 @@
 //    in k-chunks of kc, usually one) and the Z chunk [kChunk, columns] in shared memory with cp.async; the
 //    x1 / x2 tiles (transposed: [i][slot]) are staged once per work item when one k-chunk covers dim1 and
 //    dim2 ("resident"), else with every k-chunk. Zero-fill covers rows past the end, points past the end
-//    and the unused x2 slots, so every element a thread reads is finite.
+//    and the unused x2 slots, so F1, F2 and P are finite and exactly zero where they are padding (phase B
+//    runs over whole chunks). Phase-B lanes past the tile's columns read in-bounds values they never store.
 //  * Phase A: thread tid owns a kMicroRows x kMicroPoints micro-tile (slots phase_a_slot(tid) ..,
 //    points phase_a_point(tid) ..) of F1 and of F2, accumulated over the k-chunks in registers. The
 //    product P [kChunk][kRows] goes to shared memory: directly F1 * F2 (Gaunt: group = row), or through
@@ -31,6 +32,9 @@
 
 #include "common/hd.h"
 
+// Unrolling in device code (host compilers warn about the CUDA pragma). The staging loops and phase B stay
+// rolled: unrolling them makes the compiler hoist loads and addresses past the 128-register budget of two
+// blocks per SM (phase B still has 8 NC independent FMAs per point; the SM's other warps hide the loads).
 #if defined(__CUDA_ARCH__)
 #define FASTOPS_GAUNT_UNROLL _Pragma("unroll")
 #define FASTOPS_GAUNT_UNROLL_4 _Pragma("unroll 4")
@@ -60,7 +64,8 @@ FASTOPS_HD constexpr int64_t max64(int64_t a, int64_t b) { return a > b ? a : b;
 
 // Tile shapes per element size. fp32: 64 rows x 32 points per chunk, 4 x 2 phase-A micro-tiles, 8 rows per
 // warp in phase B (80 accumulators at NC = 10). fp64 halves rows and points: the register budget of 2
-// blocks per SM (128 registers) holds 4 x 10 doubles.
+// blocks per SM (128 registers) holds 4 x 10 doubles, and L = 8 fits two blocks' shared memory (~104 KB).
+// Phase B per point and warp: 2 broadcast 16-byte P loads + NC conflict-free Z loads for 8 NC (fp32) FMAs.
 template <int kElemBytes>
 struct DenseConfig;
 template <>
@@ -180,7 +185,9 @@ FASTOPS_HD constexpr int phase_b_row(int warp) {
   return warp * C::kRowsPerWarp;
 }
 FASTOPS_HD constexpr int phase_b_col(int lane, int j) { return lane + kWarpSize * j; }
-// Column the last column group reads: lanes past the tile's width read its last column (finite, unstored).
+// Column the last column group reads: lanes past the tile's width read its last column (unstored), so the
+// read stays inside the Z buffer. The other groups' columns are below kMaxColTile - 32 and stay inside it
+// too (they pass the width only in the last column tile of a dim_out > kMaxColTile product).
 FASTOPS_HD int phase_b_last_col(int lane, int nc, int cols) {
   return int(min64(phase_b_col(lane, nc - 1), cols - 1));
 }

@@ -11,11 +11,13 @@
 // written exactly once (the row-stride gaps never).
 #include "so3/gaunt_cuda_layout_test.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/selftest.h"
