@@ -1,7 +1,6 @@
 """fastops.so3 Gaunt products (grid / fft / direct) and the CP tensor product, against float64 references
 written from the math (fastops.reference.so3), e3nn 0.6 and the defining properties (pointwise product,
 equivariance)."""
-import math
 import warnings
 
 import pytest

@@ -20,10 +20,9 @@ enum class GauntReal : int { f32 = 0, f64 = 1 };
 
 // Program operations: rows of kGauntOpFields int32. Slot ranges are (first, stride, count) with stride >= 0.
 enum GauntOpCode : int32_t {
-  // out[r * os] (=, or += for kMatvecAdd) sum_k M[c + r * K + k] * in[k * is], r < rows, k < K
-  // fields: out, os, rows, in, is, K, c                     (K == 0 with kMatvec writes zeros)
+  // out[r * os] = sum_k M[c + r * K + k] * in[k * is], r < rows, k < K
+  // fields: out, os, rows, in, is, K, c                     (K == 0 writes zeros)
   kMatvec = 1,
-  kMatvecAdd = 2,
   // (a[i * as], b[i * bs]) <- (a + b, a - b), i < n.    fields: a, as, n, b, bs
   kButterfly = 3,
   // out[i * os] = a[i * as] * b[i * bs], i < n.          fields: out, os, n, a, as, b, bs

@@ -46,7 +46,6 @@ void validate_gaunt_program(const GauntProgramView& p, const char* op) {
     const int64_t S = p.num_slots;
     switch (f[0]) {
       case kMatvec:
-      case kMatvecAdd:
         if (!range_ok(f[1], f[2], f[3], S) || !range_ok(f[4], f[5], f[6], S)) bad(op, o, "reads or writes past the slots");
         if (f[7] < 0 || int64_t(f[7]) + int64_t(f[3]) * f[6] > p.num_consts) bad(op, o, "reads past the constants");
         break;

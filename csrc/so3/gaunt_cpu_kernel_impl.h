@@ -26,10 +26,10 @@ struct GauntKernels {
   static constexpr int kRows = sizeof(V) >= 64 ? 8 : 4;
 
   template <int R>
-  static void matvec_rows(bool add, T* out, int64_t os, const T* in, int64_t is, int64_t K, const T* m) {
+  static void matvec_rows(T* out, int64_t os, const T* in, int64_t is, int64_t K, const T* m) {
     V acc[R][kU];
     for (int r = 0; r < R; ++r)
-      for (int u = 0; u < kU; ++u) acc[r][u] = add ? V::load(out + r * os * W + u * V::W) : V::zero();
+      for (int u = 0; u < kU; ++u) acc[r][u] = V::zero();
     for (int64_t k = 0; k < K; ++k) {
       V x[kU];
       for (int u = 0; u < kU; ++u) x[u] = V::load(in + k * is * W + u * V::W);
@@ -42,19 +42,19 @@ struct GauntKernels {
       for (int u = 0; u < kU; ++u) V::store(out + r * os * W + u * V::W, acc[r][u]);
   }
 
-  static void matvec(bool add, T* out, int64_t os, int64_t rows, const T* in, int64_t is, int64_t K, const T* m) {
+  static void matvec(T* out, int64_t os, int64_t rows, const T* in, int64_t is, int64_t K, const T* m) {
     int64_t r = 0;
-    for (; r + kRows <= rows; r += kRows) matvec_rows<kRows>(add, out + r * os * W, os, in, is, K, m + r * K);
+    for (; r + kRows <= rows; r += kRows) matvec_rows<kRows>(out + r * os * W, os, in, is, K, m + r * K);
     const T* mr = m + r * K;
     T* o = out + r * os * W;
     switch (rows - r) {
-      case 7: matvec_rows<7>(add, o, os, in, is, K, mr); break;
-      case 6: matvec_rows<6>(add, o, os, in, is, K, mr); break;
-      case 5: matvec_rows<5>(add, o, os, in, is, K, mr); break;
-      case 4: matvec_rows<4>(add, o, os, in, is, K, mr); break;
-      case 3: matvec_rows<3>(add, o, os, in, is, K, mr); break;
-      case 2: matvec_rows<2>(add, o, os, in, is, K, mr); break;
-      case 1: matvec_rows<1>(add, o, os, in, is, K, mr); break;
+      case 7: matvec_rows<7>(o, os, in, is, K, mr); break;
+      case 6: matvec_rows<6>(o, os, in, is, K, mr); break;
+      case 5: matvec_rows<5>(o, os, in, is, K, mr); break;
+      case 4: matvec_rows<4>(o, os, in, is, K, mr); break;
+      case 3: matvec_rows<3>(o, os, in, is, K, mr); break;
+      case 2: matvec_rows<2>(o, os, in, is, K, mr); break;
+      case 1: matvec_rows<1>(o, os, in, is, K, mr); break;
       default: break;
     }
   }
@@ -65,8 +65,7 @@ struct GauntKernels {
     for (int64_t o = 0; o < n_ops; ++o, op += kGauntOpFields) {
       switch (op[0]) {
         case kMatvec:
-        case kMatvecAdd:
-          matvec(op[0] == kMatvecAdd, slots + int64_t(op[1]) * W, op[2], op[3], slots + int64_t(op[4]) * W, op[5],
+          matvec(slots + int64_t(op[1]) * W, op[2], op[3], slots + int64_t(op[4]) * W, op[5],
                  op[6], consts + op[7]);
           break;
         case kButterfly: {

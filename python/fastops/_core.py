@@ -78,6 +78,12 @@ def cuda_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def contiguous_last_dim(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t itself when its last dimension is contiguous (what the kernels read), else a contiguous copy. The
+    modules pass such views; other callers of the ops (autograd, torch.compile) may not."""
+    return t if t is None or t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
 def num_threads() -> int:
     """CPU kernels use torch's intra-op thread count, so nothing oversubscribes when torch runs too."""
     return max(1, torch.get_num_threads())

@@ -34,7 +34,7 @@ from ._so3_math import spherical_harmonics, wigner_3j
 
 SQRT2 = math.sqrt(2.0)
 # op codes and field count of csrc/so3/gaunt.h
-MATVEC, MATVEC_ADD, BUTTERFLY, MUL, GATHER_DOT, GATHER_DOT_ADD = 1, 2, 3, 4, 5, 6
+MATVEC, BUTTERFLY, MUL, GATHER_DOT, GATHER_DOT_ADD = 1, 3, 4, 5, 6
 OP_FIELDS = 8
 
 
@@ -173,7 +173,7 @@ class Program:
         """Multiply-adds count 2, products and butterflies count 1 (per sample, as the kernel runs it)."""
         total = 0
         for code, *f in self.ops.tolist():
-            if code in (MATVEC, MATVEC_ADD):
+            if code == MATVEC:
                 total += 2 * f[2] * f[5]
             elif code == BUTTERFLY:
                 total += 2 * f[2]
@@ -204,12 +204,9 @@ class _Builder:
         self.n_consts += flat.numel()
         return off
 
-    def matvec(self, out, os, rows, inp, is_, m: torch.Tensor, add=False, const_off=None):
-        k = m.shape[1] if m.dim() == 2 else 0
-        if rows == 0:
-            return
-        c = self.const(m) if const_off is None else const_off
-        self.ops.append([MATVEC_ADD if add else MATVEC, out, os, rows, inp, is_, k, c])
+    def matvec(self, out, os, rows, inp, is_, m: torch.Tensor):
+        if rows:
+            self.ops.append([MATVEC, out, os, rows, inp, is_, m.shape[1], self.const(m)])
 
     def butterfly(self, a, as_, n, b, bs):
         if n:
@@ -250,7 +247,7 @@ class _AlphaStage:
     [k = 0..h, (k = n/2 if n even), k = n-1 .. n-h] so that points alpha_k and -alpha_k pair up."""
 
     def __init__(self, b: _Builder, n: int):
-        self.b, self.n = b, n
+        self.b = b
         self.h = (n - 1) // 2
         self.e = 1 - n % 2
         alpha = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
@@ -275,7 +272,7 @@ class _AlphaStage:
 
     def analyse(self, v: int, lmax: int, out: int, scale: float):
         """out[m = -lmax..lmax] = scale * sum_k v_k trig_m(alpha_k); destroys v."""
-        b, h, e, n = self.b, self.h, self.e, self.n
+        b, h, e = self.b, self.h, self.e
         key = ("a", lmax, scale)
         if key not in self._cache:
             a = self.alpha
@@ -426,15 +423,15 @@ def direct_program(l1: int, l2: int, l3: int) -> Program:
     b = _Builder()
     x, y, out = b.alloc(dim(l1)), b.alloc(dim(l2)), b.alloc(dim(l3))
     for c in range(l3 + 1):
-        terms = {}  # (k, i) -> [(j, G)]
+        terms = {}  # k -> i -> [(j, G)]
         for a in range(l1 + 1):
             for bb in range(l2 + 1):
                 g = gaunt_block(a, bb, c)
                 for m1, m2, m3 in torch.nonzero(g.abs() > 1e-15).tolist():
-                    key = (lm_index(c, m3 - c), lm_index(a, m1 - a))
-                    terms.setdefault(key, []).append((lm_index(bb, m2 - bb), float(g[m1, m2, m3])))
+                    by_i = terms.setdefault(lm_index(c, m3 - c), {})
+                    by_i.setdefault(lm_index(a, m1 - a), []).append((lm_index(bb, m2 - bb), float(g[m1, m2, m3])))
         for k in range(c * c, (c + 1) ** 2):
-            pairs = sorted((i, t) for (kk, i), t in terms.items() if kk == k)
+            pairs = sorted(terms.get(k, {}).items())
             if not pairs:
                 b.ops.append([MATVEC, out + k, 1, 1, 0, 1, 0, 0])  # K = 0: zero
             for n, (i, t) in enumerate(pairs):

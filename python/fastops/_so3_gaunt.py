@@ -22,7 +22,7 @@ import torch
 
 from . import _C
 from . import _gaunt_programs as gp
-from ._core import call_c, check_device_usable, check_tensor, cuda_stream, num_threads
+from ._core import call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
 from ._so3_math import Irreps, wigner_3j
 
 _REAL = (torch.float32, torch.float64)
@@ -82,14 +82,10 @@ def _grid_for(method: str, l1: int, l2: int, l3: int, n_beta: int, n_alpha: int)
     return (n_beta, n_alpha) if method == "grid" else gp.minimal_grid(l1, l2, l3)
 
 
-def _contiguous_rows(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
 @torch.library.custom_op("fastops::gaunt_tp", mutates_args=(), device_types=("cpu", "cuda"))
 def _gaunt_op(x1: torch.Tensor, x2: torch.Tensor, l1: int, l2: int, l3: int, method: str, n_beta: int,
               n_alpha: int) -> torch.Tensor:
-    x1, x2 = _contiguous_rows(x1), _contiguous_rows(x2)
+    x1, x2 = contiguous_last_dim(x1), contiguous_last_dim(x2)
     out = x1.new_empty((x1.shape[0], gp.dim(l3)))
     if x1.device.type == "cuda":
         nb, na = _grid_for(method, l1, l2, l3, n_beta, n_alpha)
@@ -421,8 +417,8 @@ def _fitted(lmax: int, rank: int, seed: int, tol: float, max_iter: int, progress
 @torch.library.custom_op("fastops::cp_tp", mutates_args=(), device_types=("cpu", "cuda"))
 def _cp_op(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,
            f3: torch.Tensor) -> torch.Tensor:
-    x = _contiguous_rows(x)
-    y, w = _contiguous_rows(y), _contiguous_rows(w)
+    x = contiguous_last_dim(x)
+    y, w = contiguous_last_dim(y), contiguous_last_dim(w)
     out = x.new_empty((x.shape[0], x.shape[1], f3.shape[0]))
     call_c(_C.cp_forward, x, y, w, f1, f2, f3, out, nthreads=num_threads(), stream=cuda_stream(x.device))
     return out

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import _C
-from ._core import call_c, check_device_usable, check_tensor, cuda_stream, num_threads
+from ._core import call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
 from ._so3_math import (Irrep, Irreps, angles_to_matrix, matrix_to_angles, rand_matrix, spherical_harmonics,
                         wigner_3j, wigner_D)
 
@@ -208,14 +208,8 @@ def _check_indices_on_device(name: str, index: torch.Tensor, rows: int) -> None:
         raise ValueError(f"so3: {name} has entries outside [0, {rows})")
 
 
-def _unit_inner(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    # The kernels read rows with a contiguous last dimension; the modules pass such views, other callers
-    # of the ops (autograd, torch.compile) may not.
-    return t if t is None or t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def _run_forward(plan: TPPlan, x1, x2, weight, x1_index, out_index, out_order, out_rows, deterministic):
-    x1, x2, weight = _unit_inner(x1), _unit_inner(x2), _unit_inner(weight)
+    x1, x2, weight = contiguous_last_dim(x1), contiguous_last_dim(x2), contiguous_last_dim(weight)
     out = torch.empty((out_rows, plan.irreps_out.dim), dtype=x1.dtype, device=x1.device)
     args = (plan.handle, x1, x2, weight, x1_index, out_index, out_order, out)
     if x1.device.type == "cuda":
@@ -233,7 +227,7 @@ def _run_forward(plan: TPPlan, x1, x2, weight, x1_index, out_index, out_order, o
 
 def _run_backward(plan: TPPlan, x1, x2, weight, x1_index, out_index, x1_order, grad_out, need_x1, need_x2, need_w,
                   deterministic):
-    x1, x2, weight, grad_out = _unit_inner(x1), _unit_inner(x2), _unit_inner(weight), _unit_inner(grad_out)
+    x1, x2, weight, grad_out = (contiguous_last_dim(t) for t in (x1, x2, weight, grad_out))
     gx1 = torch.empty_like(x1, memory_format=torch.contiguous_format) if need_x1 else None
     gx2 = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_x2 else None
     gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w and weight is not None else None
@@ -388,7 +382,7 @@ def _check_operand(op: str, name: str, t: torch.Tensor, dim: int, dtype: Optiona
 
 def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """[N, dim] with a contiguous last dimension (a view when possible; the kernels read rows)."""
-    return _unit_inner(t.reshape(-1, dim))
+    return contiguous_last_dim(t.reshape(-1, dim))
 
 
 class _TPBase(torch.nn.Module):
