@@ -115,12 +115,22 @@ def _skipped(skip: SkipSpec, name: str, module: torch.nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
 
 
+def linear_targets(model: torch.nn.Module, skip: SkipSpec) -> list:
+    """(name, module) of every plain nn.Linear of model not matched by skip, in registration order."""
+    return [(name, mod) for name, mod in model.named_modules()
+            if type(mod) is torch.nn.Linear and not _skipped(skip, name, mod)]
+
+
+def set_submodule(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def replace_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module], skip: SkipSpec,
                     progress: Optional[bool], desc: str) -> torch.nn.Module:
     """Replaces (in place) every plain nn.Linear of model not matched by skip with make(linear); shows a
     tqdm bar when progress is True (None: when there are 16 or more layers). Returns model."""
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod) is torch.nn.Linear and not _skipped(skip, name, mod)]
+    targets = linear_targets(model, skip)
     if progress is None:
         progress = len(targets) >= 16
     items = targets
@@ -128,7 +138,5 @@ def replace_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], to
         from tqdm.auto import tqdm
         items = tqdm(targets, desc=desc, unit="layer")
     for name, linear in items:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(linear))
+        set_submodule(model, name, make(linear))
     return model

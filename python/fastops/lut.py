@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
 from . import _C
 from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype, check_finite,
-                    check_int, check_same_device, check_shape, check_tensor, cuda_stream, num_threads, replace_linears)
+                    check_int, check_same_device, check_shape, check_tensor, cuda_stream, linear_targets, num_threads,
+                    replace_linears)
 
-__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "SCHEMES"]
+__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "gptq_quantize", "hqq_quantize", "SCHEMES",
+           "METHODS"]
 
 # Mirrors of csrc/lut/lut_format.h.
 TILE_ROWS = 16
@@ -173,17 +175,21 @@ class LutWeight:
 def _dequantize(planes, scales, zeros, m, k, bits, group_size, kernel_scheme, dtype):
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     codes = _unpack_codes(planes, m, k, bits)
-    group_of_k = torch.arange(k, device=planes.device) // group_size
-    s = scales[:, :, :m].to(compute)[group_of_k]  # [K, A, M]
-    z = zeros[:, :m].to(compute)[group_of_k].t()  # [M, K]
-    if kernel_scheme == 0:
-        w = s[:, 0, :].t() * (codes.to(compute) - z)
-    else:
-        w = z.clone()
-        for i in range(bits):
-            b = ((codes >> i) & 1).to(compute) * 2 - 1
-            w += s[:, i, :].t() * b
+    w = _dequantize_codes(codes, scales[:, :, :m].permute(2, 0, 1).to(compute), zeros[:, :m].t().to(compute),
+                          bits, group_size, kernel_scheme)
     return w.to(dtype)
+
+
+def _dequantize_codes(codes, scales, zeros, bits, group_size, kernel_scheme):
+    """codes uint8 [M, K]; scales [M, G, A]; zeros [M, G] (in the compute dtype) -> the float weight [M, K]."""
+    group_of_k = torch.arange(codes.shape[1], device=codes.device) // group_size
+    s, z = scales[:, group_of_k], zeros[:, group_of_k]  # [M, K, A], [M, K]
+    if kernel_scheme == 0:
+        return s[..., 0] * (codes.to(s.dtype) - z)
+    w = z.clone()
+    for i in range(bits):
+        w += s[..., i] * (((codes >> i) & 1).to(s.dtype) * 2 - 1)
+    return w
 
 
 def _check_group_size(op: str, group_size) -> None:
@@ -319,6 +325,15 @@ def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme
     "ternary". bcq_iters: alternating least-squares rounds of the bcq fit.
     """
     op = "lut.quantize"
+    group_size = _check_quantize_args(op, w, bits, group_size, scheme)
+    check_int(op, "bcq_iters", bcq_iters, 0)
+    m, k = w.shape
+    codes, scales, zeros = _quantize_groups(w, bits, group_size, _QUANTIZERS[scheme], bcq_iters=bcq_iters)
+    return _assemble(codes, scales, zeros, m, k, bits, group_size, scheme)
+
+
+def _check_quantize_args(op: str, w: torch.Tensor, bits: int, group_size: Optional[int], scheme: str) -> int:
+    """Validates quantize()'s common arguments; returns the effective group size."""
     check_dtype(op, "w", w, FLOAT_DTYPES + (torch.float64,))
     if w.dim() != 2:
         raise ValueError(f"{op}: w must have shape [out_features, in_features]; got {list(w.shape)}")
@@ -327,7 +342,6 @@ def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme
         raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
     if scheme == "ternary" and bits != 2:
         raise ValueError(f"{op}: scheme 'ternary' needs bits=2, got bits={bits}")
-    check_int(op, "bcq_iters", bcq_iters, 0)
     m, k = w.shape
     if m == 0 or k == 0:
         raise ValueError(f"{op}: w must be non-empty; got shape {list(w.shape)}")
@@ -336,8 +350,13 @@ def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme
     check_finite(op, "w", w)
     if float(w.abs().amax()) > _FP16_MAX:
         raise ValueError(f"{op}: w has values beyond the float16 range of the stored scales (|w| > 65504)")
+    return group_size
 
-    quantizer = _QUANTIZERS[scheme]
+
+def _quantize_groups(w: torch.Tensor, bits: int, group_size: int, quantizer, **options):
+    """Applies a group quantizer to w[M, K] group by group (the last group may be partial), in row slices.
+    Returns codes uint8 [M, K], scales float32 [M, G, A], zeros float32 [M, G]."""
+    m, k = w.shape
     full, rest = divmod(k, group_size)
     rows_per_step = max(1, _ROWS_PER_STEP_ELEMS // (k * (bits + 1)))
     codes_parts, scale_parts, zero_parts = [], [], []
@@ -345,16 +364,13 @@ def quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, scheme
         wr = w[r0:r0 + rows_per_step].to(torch.float32)
         pieces = []
         if full:
-            pieces.append(quantizer(wr[:, :full * group_size].reshape(wr.shape[0], full, group_size), bits,
-                                    bcq_iters=bcq_iters))
+            pieces.append(quantizer(wr[:, :full * group_size].reshape(wr.shape[0], full, group_size), bits, **options))
         if rest:
-            pieces.append(quantizer(wr[:, full * group_size:].reshape(wr.shape[0], 1, rest), bits,
-                                    bcq_iters=bcq_iters))
+            pieces.append(quantizer(wr[:, full * group_size:].reshape(wr.shape[0], 1, rest), bits, **options))
         codes_parts.append(torch.cat([p[0].reshape(wr.shape[0], -1) for p in pieces], dim=1))
         scale_parts.append(torch.cat([p[1] for p in pieces], dim=1))
         zero_parts.append(torch.cat([p[2] for p in pieces], dim=1))
-    return _assemble(torch.cat(codes_parts), torch.cat(scale_parts), torch.cat(zero_parts), m, k, bits,
-                     group_size, scheme)
+    return torch.cat(codes_parts), torch.cat(scale_parts), torch.cat(zero_parts)
 
 
 def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor] = None, *, bits: int,
@@ -482,15 +498,48 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
 # Whole-model conversion
 # ---------------------------------------------------------------------------------------------------
 def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
-                   skip: SkipSpec = ("lm_head",), precise: bool = False, progress: Optional[bool] = None,
-                   bcq_iters: int = 10) -> torch.nn.Module:
+                   method: str = "rtn", calibration: Optional[Iterable] = None, skip: SkipSpec = ("lm_head",),
+                   precise: bool = False, progress: Optional[bool] = None, bcq_iters: int = 10,
+                   act_order: bool = True, damp: float = 0.01) -> torch.nn.Module:
     """Replace every nn.Linear of `model` (in place) by fastops.nn.LutLinear and return the model.
 
+    method: "rtn" (round to nearest), "hqq" (data-free zero-point optimization; scheme "asym"), or the
+    calibration-aware "gptq" and "awq", which need `calibration`: an iterable of model inputs (each a
+    tensor, a tuple of positional arguments or a dict of keyword arguments), on the model's device. Those
+    run the layers in execution order, each stage's inputs captured by forward hooks with the earlier layers
+    already quantized; memory holds one [K, K] input statistic at a time, never the activations.
+    act_order, damp: gptq's options (see gptq_quantize).
     skip: module-name glob patterns (default: "lm_head") or a predicate (name, module) -> bool.
     progress: show a tqdm bar (default: when there are 16 or more layers).
     """
+    from . import _lut_calibrate
     from .nn import LutLinear
 
-    return replace_linears(model, lambda linear: LutLinear.from_linear(
-        linear, bits=bits, group_size=group_size, scheme=scheme, precise=precise, bcq_iters=bcq_iters),
-        skip, progress, f"fastops: quantizing to {bits}-bit {scheme}")
+    op = "lut.quantize_model"
+    if method not in _lut_calibrate.METHODS:
+        raise ValueError(f"{op}: method must be one of {_lut_calibrate.METHODS}, got {method!r}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
+    if method in ("gptq", "awq") and calibration is None:
+        raise ValueError(f"{op}: method {method!r} needs calibration data: an iterable of model inputs")
+    if method in ("rtn", "hqq") and calibration is not None:
+        raise ValueError(f"{op}: method {method!r} uses no calibration data; pass calibration=None "
+                         "(or use method 'gptq' or 'awq')")
+    if method == "hqq" and scheme != "asym":
+        raise ValueError(f"{op}: method 'hqq' optimizes asymmetric zero points and needs scheme 'asym', "
+                         f"got {scheme!r}")
+    desc = f"fastops: quantizing to {bits}-bit {scheme} ({method})"
+    if method == "rtn":
+        return replace_linears(model, lambda linear: LutLinear.from_linear(
+            linear, bits=bits, group_size=group_size, scheme=scheme, precise=precise, bcq_iters=bcq_iters),
+            skip, progress, desc)
+    if method == "hqq":
+        return replace_linears(model, lambda linear: LutLinear(
+            _lut_calibrate.hqq_quantize(linear.weight.detach(), bits, group_size), linear.bias, precise=precise),
+            skip, progress, desc)
+    return _lut_calibrate.quantize_model_calibrated(
+        model, linear_targets(model, skip), bits, group_size, scheme, method, calibration, precise=precise,
+        progress=progress, bcq_iters=bcq_iters, act_order=act_order, damp=damp, op=op)
+
+
+from ._lut_calibrate import METHODS, gptq_quantize, hqq_quantize  # noqa: E402  (they build on the above)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from . import bitgemm
+from ._core import FLOAT_DTYPES, check_dtype, check_same_device, check_shape
 from .bitgemm import BitPacked
 from .lut import SCHEMES, LutWeight, lut_gemm, quantize
 from .sparse import SparseWeight, magnitude_prune, spmm
@@ -33,10 +34,18 @@ class LutLinear(torch.nn.Module):
     the bias (if any) is an ordinary parameter. Gradients flow to x, for adapter fine-tuning.
     """
 
-    def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None, *, precise: bool = False):
+    def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None, *, precise: bool = False,
+                 input_scale: Optional[torch.Tensor] = None):
         super().__init__()
         if not isinstance(weight, LutWeight):
             raise TypeError(f"LutLinear: weight must be a fastops.lut.LutWeight, got {type(weight).__name__}")
+        if input_scale is not None:
+            check_dtype("LutLinear", "input_scale", input_scale, FLOAT_DTYPES)
+            check_shape("LutLinear", "input_scale", input_scale, (weight.shape[1],))
+            check_same_device("LutLinear", "weight", weight.planes, input_scale=input_scale)
+            input_scale = input_scale.detach().to(torch.float32).clone()
+        # AWQ's per-input-channel scale where it could not be folded into the layer before: x * input_scale.
+        self.register_buffer("input_scale", input_scale)
         self.register_buffer("planes", weight.planes)
         self.register_buffer("scales", weight.scales)
         self.register_buffer("zeros", weight.zeros)
@@ -65,11 +74,14 @@ class LutLinear(torch.nn.Module):
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)  # like autocast: the module follows the activation dtype
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)
         return lut_gemm(x, self.weight, bias, precise=self.precise)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, scheme={self.scheme!r}, bias={self.bias is not None}")
+                f"group_size={self.group_size}, scheme={self.scheme!r}, bias={self.bias is not None}"
+                + (", input_scale=True" if self.input_scale is not None else ""))
 
 
 class BitLinear(torch.nn.Module):

@@ -46,3 +46,50 @@ def lut_gemm(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tens
     if bias is not None:
         y = y + bias.detach().cpu().to(torch.float64)
     return y
+
+
+def _uniform_group_params(w: np.ndarray, bits: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (scale, zero point) of one group w[M, g] (bits >= 2): asym min-max with an integer zero
+    point, or sym max-abs around 2^(bits-1); scales rounded to float16 as they are stored."""
+    maxq = 2 ** bits - 1
+    if scheme == "asym":
+        lo, hi = w.min(axis=1), w.max(axis=1)
+        assert np.all(hi > lo), "the reference expects non-constant groups"
+        s = ((hi - lo) / maxq).astype(np.float16).astype(np.float64)
+        return s, np.clip(np.round(-lo / s), 0, maxq)
+    assert scheme == "sym"
+    s = (2 * np.abs(w).max(axis=1) / maxq).astype(np.float16).astype(np.float64)
+    return s, np.full(w.shape[0], 2.0 ** (bits - 1))
+
+
+def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, scheme: str, act_order: bool,
+         damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ in float64 as the paper states it (optimal brain quantization, one column at a time): quantize
+    column j, spread its error e / [H^-1]_jj over the columns not yet quantized along row j of H^-1, then
+    eliminate j from H^-1 (Gaussian elimination; no Cholesky factor, no blocking). A group's parameters
+    are fitted to its weights as they stand when its first column comes up. Returns codes [M, K] and
+    per-group scales, zeros [M, G] (uniform schemes, bits >= 2)."""
+    wd = w.detach().cpu().numpy().astype(np.float64).copy()
+    h = hessian.detach().cpu().numpy().astype(np.float64).copy()
+    m, k = wd.shape
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    h_inv = np.linalg.inv(h + damp * np.mean(np.diag(h)) * np.eye(k))
+    groups = -(-k // group_size)
+    scales, zeros = np.zeros((m, groups)), np.zeros((m, groups))
+    fitted = np.zeros(groups, dtype=bool)
+    codes = np.zeros((m, k), dtype=np.int64)
+    for t, j in enumerate(order):
+        g = j // group_size
+        if not fitted[g]:
+            scales[:, g], zeros[:, g] = _uniform_group_params(wd[:, g * group_size:(g + 1) * group_size], bits, scheme)
+            fitted[g] = True
+        s, z = scales[:, g], zeros[:, g]
+        q = np.clip(np.round(wd[:, j] / s + z), 0, 2 ** bits - 1)
+        codes[:, j] = q
+        err = (wd[:, j] - s * (q - z)) / h_inv[j, j]
+        rest = order[t + 1:]
+        wd[:, rest] -= np.outer(err, h_inv[j, rest])
+        h_inv = h_inv - np.outer(h_inv[:, j], h_inv[j, :]) / h_inv[j, j]
+    return codes, scales, zeros
