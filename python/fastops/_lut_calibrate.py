@@ -20,15 +20,32 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 
-from ._core import FLOAT_DTYPES, check_dtype, check_finite, check_same_device, check_shape, set_submodule
-from .lut import (_KERNEL_SCHEME, LutWeight, _assemble, _bcq_assign, _bcq_signs, _check_quantize_args,
-                  _dequantize_codes, _QUANTIZERS, _quantize_groups, _safe_scale, _to_fp16_values, quantize)
+from ._core import (
+    FLOAT_DTYPES,
+    check_dtype,
+    check_finite,
+    check_same_device,
+    check_shape,
+    set_submodule,
+)
+from .lut import (
+    _KERNEL_SCHEME,
+    _QUANTIZERS,
+    LutWeight,
+    _assemble,
+    _bcq_assign,
+    _bcq_signs,
+    _check_quantize_args,
+    _dequantize_codes,
+    _quantize_groups,
+    _to_fp16_values,
+)
 
-__all__ = ["gptq_quantize", "hqq_quantize", "METHODS"]
+__all__ = ["METHODS", "gptq_quantize", "hqq_quantize"]
 
 METHODS = ("rtn", "gptq", "awq", "hqq")
 
@@ -41,16 +58,51 @@ def _max_code(bits: int, scheme: str) -> int:
 # GPTQ
 # ---------------------------------------------------------------------------------------------------
 def _nearest_codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, scheme: str):
-    """Codes [M] of one weight column w[M] against its group's parameters (scales [M, A], zeros [M]) and
+    """Codes [M, n] of weights w[M, n] of one group against its parameters (scales [M, A], zeros [M]) and
     the value each code stands for."""
     if scheme == "bcq":
         theta = torch.cat([scales, zeros[:, None]], dim=1).to(torch.float32)
         signs = _bcq_signs(bits, w.device)
-        codes = _bcq_assign(w.to(torch.float32)[:, None, None], theta[:, None, :], signs)[:, 0, 0]
-        return codes, (signs[codes] * theta).sum(dim=1).to(w.dtype)
-    s, z = scales[:, 0].to(w.dtype), zeros.to(w.dtype)
+        codes = _bcq_assign(w.to(torch.float32)[:, None, :], theta[:, None, :], signs)[:, 0, :]
+        levels = theta @ signs.t()  # [M, 2^bits]
+        return codes, levels.gather(1, codes).to(w.dtype)
+    s, z = scales[:, :1].to(w.dtype), zeros[:, None].to(w.dtype)
     codes = torch.round(w / s + z).clamp(0, _max_code(bits, scheme))
     return codes.to(torch.int64), s * (codes - z)
+
+
+# Range shrink factors tried when fitting a group: clipping a few outliers often rounds the rest better.
+_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+
+
+def _fit_group(w: torch.Tensor, h_block: torch.Tensor | None, bits: int, scheme: str, bcq_iters: int):
+    """The scheme's parameters (scales [M, A], zeros [M]) of one group w[M, g]. With h_block (the group's
+    [g, g] block of the input Hessian) each row also tries its range clipped by _CLIP_RATIOS and keeps the
+    fit with the smallest output error dw H dw^T (AWQ's clip search, on the statistics)."""
+    quantizer = _QUANTIZERS[scheme]
+    if scheme == "bcq":  # its least-squares fit runs in float32; the uniform fits keep float64 (one rounding to fp16)
+        w = w.to(torch.float32)
+    _, scales, zeros = quantizer(w[:, None, :], bits, bcq_iters=bcq_iters)
+    scales, zeros = scales[:, 0], zeros[:, 0]
+    if h_block is None:
+        return scales, zeros
+    h_block = h_block.to(w.dtype)
+
+    def error(scales, zeros):
+        d = w - _nearest_codes(w, scales, zeros, bits, scheme)[1]
+        return ((d @ h_block) * d).sum(dim=1)
+
+    best = error(scales, zeros)
+    lo, hi = w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+    for ratio in _CLIP_RATIOS[1:]:
+        _, s, z = quantizer(torch.minimum(torch.maximum(w, lo * ratio), hi * ratio)[:, None, :], bits,
+                            bcq_iters=bcq_iters)
+        s, z = s[:, 0], z[:, 0]
+        err = error(s, z)
+        better = err < best
+        scales, zeros, best = (torch.where(better[:, None], s, scales), torch.where(better, z, zeros),
+                               torch.where(better, err, best))
+    return scales, zeros
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, damp: float, op: str) -> torch.Tensor:
@@ -64,14 +116,15 @@ def _inverse_hessian_factor(hessian: torch.Tensor, damp: float, op: str) -> torc
     return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
-def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: Optional[int] = 128,
-                  scheme: str = "asym", *, act_order: bool = True, damp: float = 0.01, block_size: int = 128,
-                  bcq_iters: int = 10) -> LutWeight:
+def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = 128,
+                  scheme: str = "asym", *, act_order: bool = True, damp: float = 0.01, clip: bool = True,
+                  block_size: int = 128, bcq_iters: int = 10) -> LutWeight:
     """GPTQ: quantize w[M, K] minimizing the output error tr(dW H dW^T) for the layer-input Hessian
     H = X^T X [K, K] (any positive scaling; see fastops.lut.quantize_model for collecting it).
 
     act_order: quantize columns in order of decreasing diag(H) (the result keeps the natural layout).
-    damp: added to diag(H) as a fraction of its mean. block_size: columns per lazy-update block (speed
+    damp: added to diag(H) as a fraction of its mean. clip: fit each group's range also clipped (to 0.6-0.95
+    of min-max) and keep, per row, the fit with the smallest output error on the group's block of H. block_size: columns per lazy-update block (speed
     only). Computes in float64 when w or hessian is float64, else float32. Other arguments as in
     fastops.lut.quantize; every scheme is supported.
     """
@@ -86,6 +139,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size:
         raise TypeError(f"{op}: act_order must be a bool, got {type(act_order).__name__}")
     if not (isinstance(damp, (int, float)) and 0 <= damp < math.inf):
         raise ValueError(f"{op}: damp must be a non-negative number, got {damp!r}")
+    if not isinstance(clip, bool):
+        raise TypeError(f"{op}: clip must be a bool, got {type(clip).__name__}")
     if not (isinstance(block_size, int) and block_size >= 1):
         raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
 
@@ -109,7 +164,6 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size:
     fitted = [False] * groups
     group_of = (perm // group_size).tolist()
     codes = torch.empty(m, k, dtype=torch.int64, device=w.device)
-    quantizer = _QUANTIZERS[scheme]
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         block = weight[:, i1:i2].clone()
@@ -119,14 +173,16 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size:
             if not fitted[g]:
                 # The group's weights as compensated so far: the block's updates up to column j are still
                 # pending for the columns at or past i1 (weight holds their values as of the block start).
-                cols = position[g * group_size:min((g + 1) * group_size, k)]
+                members = slice(g * group_size, min((g + 1) * group_size, k))  # natural column indices
+                cols = position[members]
                 current = weight[:, cols] - errors[:, :j] @ u[i1:i1 + j, cols]
-                _, s, z = quantizer(current.to(torch.float32)[:, None, :], bits, bcq_iters=bcq_iters)
-                scales[:, g], zeros[:, g], fitted[g] = s[:, 0], z[:, 0], True
+                scales[:, g], zeros[:, g] = _fit_group(current, h[members, members] if clip else None, bits,
+                                                       scheme, bcq_iters)
+                fitted[g] = True
             column = block[:, j]
-            q, value = _nearest_codes(column, scales[:, g], zeros[:, g], bits, scheme)
-            codes[:, i1 + j] = q
-            err = (column - value) / u[i1 + j, i1 + j]
+            q, value = _nearest_codes(column[:, None], scales[:, g], zeros[:, g], bits, scheme)
+            codes[:, i1 + j] = q[:, 0]
+            err = (column - value[:, 0]) / u[i1 + j, i1 + j]
             block[:, j:] -= err[:, None] * u[i1 + j, i1 + j:i2][None, :]
             errors[:, j] = err
         weight[:, i2:] -= errors @ u[i1:i2, i2:]
@@ -146,9 +202,8 @@ def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 def _quantize_hqq(w3: torch.Tensor, bits: int, *, iters: int, p: float, beta: float, kappa: float, **_):
     maxq = (1 << bits) - 1
-    wmin, wmax = w3.amin(dim=-1), w3.amax(dim=-1)
-    s = _safe_scale(torch.where(wmax > wmin, (wmax - wmin) / maxq, wmin.abs()))[..., None]
-    z = (-wmin[..., None] / s)  # the float zero point of min-max, refined below
+    _, s, z = _QUANTIZERS["asym"](w3, bits)  # start from round-to-nearest (min-max, or 1-bit's two means)
+    z = z[..., None]
 
     def error_of(z):
         q = torch.round(w3 / s + z).clamp(0, maxq)
@@ -168,10 +223,11 @@ def _quantize_hqq(w3: torch.Tensor, bits: int, *, iters: int, p: float, beta: fl
     return q.to(torch.uint8), s, z[..., 0]
 
 
-def hqq_quantize(w: torch.Tensor, bits: int, group_size: Optional[int] = 128, *, iters: int = 20,
+def hqq_quantize(w: torch.Tensor, bits: int, group_size: int | None = 128, *, iters: int = 20,
                  p: float = 0.7, beta: float = 10.0, kappa: float = 1.01) -> LutWeight:
     """HQQ: data-free asymmetric quantization whose per-group float zero points minimize the l_p norm
-    (p < 1, robust to outliers) of the weight error; scales are min-max. Returns an "asym" LutWeight.
+    (p < 1, robust to outliers) of the weight error; scales are round-to-nearest's. The zero point with the
+    smallest mean |w - w_hat| seen (round-to-nearest's included) is kept. Returns an "asym" LutWeight.
 
     iters: half-quadratic rounds (the best zero point seen is kept); beta, kappa: the penalty and its
     growth per round.
@@ -202,6 +258,21 @@ def _output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -
 def _fake_quantize(w: torch.Tensor, bits: int, group_size: int, scheme: str, bcq_iters: int) -> torch.Tensor:
     codes, scales, zeros = _quantize_groups(w, bits, group_size, _QUANTIZERS[scheme], bcq_iters=bcq_iters)
     return _dequantize_codes(codes, scales, zeros, bits, group_size, _KERNEL_SCHEME[scheme])
+
+
+def _quantize_clipped(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, scheme: str,
+                      bcq_iters: int) -> LutWeight:
+    """Round to nearest with each group's range clip searched against its block of the input Hessian."""
+    m, k = w.shape
+    groups = -(-k // group_size)
+    scales = torch.zeros(m, groups, bits if scheme == "bcq" else 1, dtype=torch.float32, device=w.device)
+    zeros = torch.zeros(m, groups, dtype=torch.float32, device=w.device)
+    codes = torch.empty(m, k, dtype=torch.int64, device=w.device)
+    for g in range(groups):
+        members = slice(g * group_size, min((g + 1) * group_size, k))
+        scales[:, g], zeros[:, g] = _fit_group(w[:, members], hessian[members, members], bits, scheme, bcq_iters)
+        codes[:, members] = _nearest_codes(w[:, members], scales[:, g], zeros[:, g], bits, scheme)[0]
+    return _assemble(codes.to(torch.uint8), scales, zeros, m, k, bits, group_size, scheme)
 
 
 def _awq_scale(weights: list, hessian: torch.Tensor, act_absmean: torch.Tensor, bits: int, group_size: int,
@@ -401,7 +472,7 @@ def _fold_into_norm(model, norm, linears: list, scale: torch.Tensor, batch) -> b
     return same
 
 
-def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, group_size: Optional[int],
+def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, group_size: int | None,
                               scheme: str, method: str, calibration: Iterable, *, precise: bool, progress,
                               bcq_iters: int, act_order: bool, damp: float, op: str) -> torch.nn.Module:
     """gptq / awq over the (name, nn.Linear) targets of model, stage by stage in execution order."""
@@ -448,9 +519,10 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
                     norm = stage["source"]
                     folded = (norm is not None and _is_norm(norm, scale.shape[0]) and not bool((scale == 1).all())
                               and _fold_into_norm(model, norm, linears, scale, batches[0]))
+                    scaled_hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
                     for lin in linears:
-                        packed = quantize(lin.weight.detach().to(torch.float32) * scale, bits, gs, scheme,
-                                          bcq_iters=bcq_iters)
+                        packed = _quantize_clipped(lin.weight.detach().to(torch.float32) * scale, scaled_hessian,
+                                                   bits, gs, scheme, bcq_iters)
                         replacements.append(LutLinear(packed, lin.bias, precise=precise,
                                                       input_scale=None if folded else 1 / scale))
                 for name, new in zip(stage["names"], replacements):

@@ -50,24 +50,51 @@ def lut_gemm(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tens
 
 def _uniform_group_params(w: np.ndarray, bits: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (scale, zero point) of one group w[M, g] (bits >= 2): asym min-max with an integer zero
-    point, or sym max-abs around 2^(bits-1); scales rounded to float16 as they are stored."""
+    point, or sym max-abs around 2^(bits-1); scales rounded to float16 as they are stored (through float32,
+    as torch converts float64 to float16)."""
     maxq = 2 ** bits - 1
+
+    def to_fp16(v):
+        return v.astype(np.float32).astype(np.float16).astype(np.float64)
+
     if scheme == "asym":
         lo, hi = w.min(axis=1), w.max(axis=1)
         assert np.all(hi > lo), "the reference expects non-constant groups"
-        s = ((hi - lo) / maxq).astype(np.float16).astype(np.float64)
+        s = to_fp16((hi - lo) / maxq)
         return s, np.clip(np.round(-lo / s), 0, maxq)
     assert scheme == "sym"
-    s = (2 * np.abs(w).max(axis=1) / maxq).astype(np.float16).astype(np.float64)
+    s = to_fp16(2 * np.abs(w).max(axis=1) / maxq)
     return s, np.full(w.shape[0], 2.0 ** (bits - 1))
 
 
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+
+
+def _fitted_group_params(w: np.ndarray, h_block: np.ndarray | None, bits: int, scheme: str):
+    """Group parameters; with h_block, per row the range clip (ratio of min-max) with the smallest output
+    error dw H dw^T among CLIP_RATIOS (the first one on ties)."""
+    s, z = _uniform_group_params(w, bits, scheme)
+    if h_block is None:
+        return s, z
+    best_err = np.full(w.shape[0], np.inf)
+    lo, hi = w.min(axis=1, keepdims=True), w.max(axis=1, keepdims=True)
+    for ratio in CLIP_RATIOS:
+        sr, zr = _uniform_group_params(np.clip(w, lo * ratio, hi * ratio), bits, scheme)
+        q = np.clip(np.round(w / sr[:, None] + zr[:, None]), 0, 2 ** bits - 1)
+        d = w - sr[:, None] * (q - zr[:, None])
+        err = np.einsum("mi,ij,mj->m", d, h_block, d)
+        better = err < best_err
+        s, z, best_err = np.where(better, sr, s), np.where(better, zr, z), np.where(better, err, best_err)
+    return s, z
+
+
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, scheme: str, act_order: bool,
-         damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         damp: float, clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ in float64 as the paper states it (optimal brain quantization, one column at a time): quantize
     column j, spread its error e / [H^-1]_jj over the columns not yet quantized along row j of H^-1, then
     eliminate j from H^-1 (Gaussian elimination; no Cholesky factor, no blocking). A group's parameters
-    are fitted to its weights as they stand when its first column comes up. Returns codes [M, K] and
+    are fitted to its weights as they stand when its first column comes up (with clip: the range clip
+    minimizing the group's output error on its block of H). Returns codes [M, K] and
     per-group scales, zeros [M, G] (uniform schemes, bits >= 2)."""
     wd = w.detach().cpu().numpy().astype(np.float64).copy()
     h = hessian.detach().cpu().numpy().astype(np.float64).copy()
@@ -83,7 +110,9 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, sch
     for t, j in enumerate(order):
         g = j // group_size
         if not fitted[g]:
-            scales[:, g], zeros[:, g] = _uniform_group_params(wd[:, g * group_size:(g + 1) * group_size], bits, scheme)
+            members = slice(g * group_size, (g + 1) * group_size)
+            scales[:, g], zeros[:, g] = _fitted_group_params(wd[:, members], h[members, members] if clip else None,
+                                                             bits, scheme)
             fitted[g] = True
         s, z = scales[:, g], zeros[:, g]
         q = np.clip(np.round(wd[:, j] / s + z), 0, 2 ** bits - 1)
