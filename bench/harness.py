@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import google_benchmark as gb
 import torch
+from machine import cpu_model, git_commit
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,13 +39,6 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 # ---------------------------------------------------------------------------------------------
 # Machine facts and the roofline probe
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def cpu_last_level_cache_bytes() -> int:
@@ -141,14 +135,6 @@ def roofline(device: str) -> Roofline:
     dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32, torch.bfloat16)
     rates = {DTYPE_NAMES[dt]: _linear_gflops(device, dt) for dt in dtypes}
     return Roofline(device, read, copy_rate, write, rates)
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short=12", "HEAD") or "no-commit"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def gpu_clocks() -> str:

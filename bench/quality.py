@@ -14,8 +14,8 @@ into three disjoint parts, by docstring:
   float model and for each quantized one. This is the task the model is trained for.
 * agreement texts: the cosine between the float model's embedding and the quantized model's, per
   text; its mean and 5th percentile (and minimum) are reported.
-* calibration texts (for the methods that need them, gptq and awq): the first sentences of a
-  docstring, one text per batch so that no padding tokens enter the layer statistics.
+* calibration texts (for the methods that need them, gptq and awq): whole docstrings (to 128
+  tokens), one text per batch so that no padding tokens enter the layer statistics.
 
 Each row of the sweep (method x bits x group size) deep-copies the float model, quantizes it in place
 with fastops.lut.quantize_model (timed), and evaluates it. A row that fails records its error and the
@@ -41,7 +41,6 @@ import os
 import platform
 import random
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -56,6 +55,7 @@ import fastops.lut
 import torch
 import torch.nn.functional as F
 from fastops.nn import LutLinear
+from machine import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -217,7 +217,7 @@ def split_corpus(docs: list[str], n_calib: int, n_agree: int, n_pairs: int) -> C
     if len(queries) < n_pairs or n_agree + n_calib > len(rest):
         sys.exit(f"quality.py: the corpus has {len(docs)} docstrings, {len(queries)} retrieval pairs; "
                  f"too few for {n_pairs} pairs + {n_agree} agreement + {n_calib} calibration texts")
-    calibration = [" ".join(sentences(doc)[:3]) for doc in reversed(rest[len(rest) - n_calib:])]
+    calibration = list(reversed(rest[len(rest) - n_calib:]))  # whole docstrings, like the texts evaluated
     return Corpus(calibration=calibration, agreement=rest[:n_agree], queries=queries, documents=documents)
 
 
@@ -372,21 +372,6 @@ def describe(row: Row) -> str:
 # ---------------------------------------------------------------------------------------------
 # Header, JSON and markdown
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False).stdout.strip()
-
-    commit = git("rev-parse", "--short=12", "HEAD") or "no-commit"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def fmt(value: float | None, digits: int) -> str:

@@ -218,6 +218,16 @@ def runs_header(runs: list[Run]) -> str:
     return markdown_table(headers, rows)
 
 
+def quality_section(results: Path) -> list[str]:
+    """The newest bench/quality.py report (quality-<stamp>.md), under its own heading; none if absent."""
+    reports = sorted(results.glob("quality-*.md"))
+    if not reports:
+        return []
+    return ["## lut quantization quality (bench/quality.py)", "",
+            f"From `{reports[-1].name}` (`python bench/quality.py`; re-render with `--render <json>`).", "",
+            reports[-1].read_text().strip(), ""]
+
+
 def render(runs: list[Run], md_path: Path, plot_dir: Path) -> None:
     groups = by_family(runs)
     lines = [
@@ -253,6 +263,7 @@ def render(runs: list[Run], md_path: Path, plot_dir: Path) -> None:
                 headers, rows, notes = family_table(results)
                 lines += [f"### {op} on {device}", "", markdown_table(headers, rows), ""]
                 lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    lines += quality_section(plot_dir)
     md_path.write_text("\n".join(lines).rstrip() + "\n")
 
 

@@ -47,7 +47,7 @@ from .lut import (
 
 __all__ = ["METHODS", "gptq_quantize", "hqq_quantize"]
 
-METHODS = ("rtn", "gptq", "awq", "hqq")
+METHODS = ("rtn", "gptq", "awq", "hqq", "awq+gptq")
 
 
 def _max_code(bits: int, scheme: str) -> int:
@@ -507,24 +507,26 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
                 if stage["names"][0] not in traced:
                     replacements = [LutLinear.from_linear(lin, bits, group_size, scheme, precise=precise,
                                                           bcq_iters=bcq_iters) for lin in linears]
-                elif method == "gptq":
-                    replacements = [LutLinear(gptq_quantize(lin.weight.detach(), hessian.to(lin.weight.device),
-                                                            bits, group_size, scheme, act_order=act_order,
-                                                            damp=damp, bcq_iters=bcq_iters),
-                                              lin.bias, precise=precise) for lin in linears]
                 else:
                     gs = _check_quantize_args(op, linears[0].weight, bits, group_size, scheme)
                     weights = [lin.weight.detach().to(torch.float32) for lin in linears]
-                    scale = _awq_scale(weights, hessian, stats.absmean(), bits, gs, scheme, bcq_iters)
-                    norm = stage["source"]
-                    folded = (norm is not None and _is_norm(norm, scale.shape[0]) and not bool((scale == 1).all())
-                              and _fold_into_norm(model, norm, linears, scale, batches[0]))
-                    scaled_hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
-                    for lin in linears:
-                        packed = _quantize_clipped(lin.weight.detach().to(torch.float32) * scale, scaled_hessian,
-                                                   bits, gs, scheme, bcq_iters)
+                    scale, folded = None, False
+                    if "awq" in method:
+                        scale = _awq_scale(weights, hessian, stats.absmean(), bits, gs, scheme, bcq_iters)
+                        norm = stage["source"]
+                        folded = (norm is not None and _is_norm(norm, scale.shape[0])
+                                  and not bool((scale == 1).all())
+                                  and _fold_into_norm(model, norm, linears, scale, batches[0]))
+                        weights = [w * scale for w in weights]
+                        hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
+                    for lin, w in zip(linears, weights):
+                        if "gptq" in method:
+                            packed = gptq_quantize(w, hessian, bits, gs, scheme, act_order=act_order, damp=damp,
+                                                   bcq_iters=bcq_iters)
+                        else:
+                            packed = _quantize_clipped(w, hessian, bits, gs, scheme, bcq_iters)
                         replacements.append(LutLinear(packed, lin.bias, precise=precise,
-                                                      input_scale=None if folded else 1 / scale))
+                                                      input_scale=None if scale is None or folded else 1 / scale))
                 for name, new in zip(stage["names"], replacements):
                     set_submodule(model, name, new)
     finally:

@@ -520,7 +520,7 @@ def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] 
         raise ValueError(f"{op}: method must be one of {_lut_calibrate.METHODS}, got {method!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
-    if method in ("gptq", "awq") and calibration is None:
+    if method in ("gptq", "awq", "awq+gptq") and calibration is None:
         raise ValueError(f"{op}: method {method!r} needs calibration data: an iterable of model inputs")
     if method in ("rtn", "hqq") and calibration is not None:
         raise ValueError(f"{op}: method {method!r} uses no calibration data; pass calibration=None "
