@@ -277,6 +277,8 @@ def test_quantize_model_bad_calibration(gen):
         lut.quantize_model(model, 4, 32, method="gptq", calibration=3)
     with pytest.raises(ValueError, match="method must be one of"):
         lut.quantize_model(model, 4, 32, method="gptqq", calibration=_tokens(gen, 1))
+    with pytest.raises(ValueError, match="bits"):
+        lut.quantize_model(model, 5, 32, method="gptq", calibration=_tokens(gen, 1))
     with pytest.raises(ValueError, match="scheme 'asym'"):
         lut.quantize_model(model, 4, 32, "bcq", method="hqq")
     assert not any(isinstance(x, LutLinear) for x in model.modules())  # every failure left the model as it was

@@ -478,6 +478,8 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
     """gptq / awq over the (name, nn.Linear) targets of model, stage by stage in execution order."""
     from .nn import LutLinear
 
+    for _, linear in targets:  # bad bits / group_size / weights fail here, before any forward pass
+        _check_quantize_args(op, linear.weight, bits, group_size, scheme)
     batches = _calibration_batches(calibration, model, op)
     by_name = dict(targets)
     was_training = model.training
@@ -500,14 +502,13 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
                 items = tqdm(stages, desc=f"fastops: {method} {bits}-bit {scheme}", unit="stage")
             for stage in items:
                 linears = [by_name[n] for n in stage["names"]]
-                if stage["names"][0] in traced:
-                    stats = _collect(model, linears, batches, not stage["repeated"], op)
-                    hessian = stats.hessian()
                 replacements = []
                 if stage["names"][0] not in traced:
                     replacements = [LutLinear.from_linear(lin, bits, group_size, scheme, precise=precise,
                                                           bcq_iters=bcq_iters) for lin in linears]
                 else:
+                    stats = _collect(model, linears, batches, not stage["repeated"], op)
+                    hessian = stats.hessian()
                     gs = _check_quantize_args(op, linears[0].weight, bits, group_size, scheme)
                     weights = [lin.weight.detach().to(torch.float32) for lin in linears]
                     scale, folded = None, False
