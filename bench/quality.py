@@ -64,8 +64,11 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 128
 EVAL_BATCH = 64
 SEED = 0
-CALIBRATED_METHODS = ("gptq", "awq")
-ALL_METHODS = ("rtn", "hqq", "awq", "gptq")
+# The rows of the table: a quantize_model method, or a variant of one with other options.
+VARIANTS = {"gptq-noasym": ("gptq", {"asymmetric": False})}
+VARIANT_NOTES = {"gptq-noasym": "gptq with asymmetric=False (each layer fitted on the quantized model's own inputs)"}
+CALIBRATED_METHODS = ("gptq", "awq", "awq+gptq")
+ALL_METHODS = ("rtn", "hqq", "awq", "gptq-noasym", "gptq")
 
 # Pure-Python standard-library modules with plenty of prose docstrings. A module that does not import
 # here (tkinter without Tk, a module removed from a newer Python) is skipped, and named in the output.
@@ -338,11 +341,12 @@ def run_row(row: Row, float_model: torch.nn.Module, calibration: list[dict[str, 
             reference: torch.Tensor) -> Row:
     model = copy.deepcopy(float_model)
     # Only gptq and awq take calibration data; rtn and hqq refuse it.
-    calib = calibration if row.method in CALIBRATED_METHODS else None
+    method, options = VARIANTS.get(row.method, (row.method, {}))
+    calib = calibration if method in CALIBRATED_METHODS else None
     try:
         start = time.perf_counter()
         fastops.lut.quantize_model(model, bits=row.bits, group_size=row.group_size, scheme=row.scheme,
-                                   method=row.method, calibration=calib, progress=False)
+                                   method=method, calibration=calib, progress=False, **options)
         row.quant_seconds = time.perf_counter() - start
         replaced = linear_names(model, LutLinear)
         weights = dict(float_model.named_modules())
@@ -361,7 +365,7 @@ def run_row(row: Row, float_model: torch.nn.Module, calibration: list[dict[str, 
 
 
 def describe(row: Row) -> str:
-    head = f"{row.method:>4} {row.bits}-bit g{row.group_size:<4}"
+    head = f"{row.method:>11} {row.bits}-bit g{row.group_size:<4}"
     if row.error:
         return f"{head} ERROR {row.error}"
     return (f"{head} cos {row.cos_mean:.4f} (p5 {row.cos_p5:.4f}, min {row.cos_min:.4f})  recall@1 "
@@ -391,6 +395,9 @@ def render_markdown(result: dict) -> str:
         f"query/document pairs. cos = cosine to the float model's embedding over {sizes['agreement']} texts. "
         f"Calibration (gptq, awq): {sizes['calibration']} texts. Scheme {h['scheme']}."),
     ]
+    variants = sorted({row["method"] for row in result["rows"]} & VARIANT_NOTES.keys())
+    if variants:
+        lines += [""] + [f"- {name}: {VARIANT_NOTES[name]}" for name in variants]
     rows = result["rows"]
     for group_size in sorted({row["group_size"] for row in rows}):
         group = [row for row in rows if row["group_size"] == group_size]
@@ -427,7 +434,7 @@ DEFAULTS = {"bits": ([2, 3, 4], [4, 2]), "group_sizes": ([32, 128], [128]), "cal
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), help="quantize_model methods")
+    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), help="quantize_model methods, or " + ", ".join(VARIANTS))
     parser.add_argument("--bits", nargs="+", type=int, help="default: 2 3 4 (quick: 4 2)")
     parser.add_argument("--group-sizes", nargs="+", type=int, help="default: 32 128 (quick: 128)")
     parser.add_argument("--scheme", default="asym")

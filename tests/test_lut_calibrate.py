@@ -236,6 +236,70 @@ def test_awq_folds_into_a_norm_only_where_the_output_is_unchanged(gen):
         assert _model_error(awq, model, held_out) < _model_error(rtn, model, held_out)
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_asymmetric_calibration_corrects_the_earlier_layers_error(gen, method):
+    import copy
+
+    model = _TinyModel(gen, layers=3).eval()
+    calib, held_out = _tokens(gen, 16, n=32), _tokens(gen, 4)
+    errors = {}
+    for asymmetric in (False, True):
+        q = copy.deepcopy(model)
+        lut.quantize_model(q, 2, 32, method=method, calibration=calib, asymmetric=asymmetric)
+        errors[asymmetric] = _model_error(q, model, held_out)
+    assert errors[True] < errors[False], errors
+
+
+def test_asymmetric_calibration_of_the_first_layer_is_symmetric(gen):
+    # The first layer's inputs are the same in the float and the quantized model: nothing to correct.
+    x = [_inputs(gen, 64, 96) for _ in range(3)]
+    layers = {}
+    for asymmetric in (False, True):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(96, 40))
+        lut.quantize_model(model, 3, 32, method="gptq", calibration=x, asymmetric=asymmetric)
+        layers[asymmetric] = model[0].weight
+    for name in ("planes", "scales", "zeros"):
+        assert torch.equal(getattr(layers[True], name), getattr(layers[False], name))
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq+gptq"])
+def test_quantize_model_restores_the_model_when_a_stage_fails(gen, monkeypatch, method):
+    from fastops import _lut_calibrate
+
+    model = _TinyModel(gen, layers=2).eval()
+    modules = dict(model.named_modules())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    real, calls = _lut_calibrate.gptq_quantize, []
+
+    def failing(*args, **kwargs):  # the fifth linear (block 0's up, after a folded norm2) fails
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_lut_calibrate, "gptq_quantize", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        lut.quantize_model(model, 3, 32, method=method, calibration=_tokens(gen, 2))
+    assert len(calls) == 5
+    assert all(modules[name] is module for name, module in model.named_modules())
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_quantize_model_asymmetric_needs_a_copyable_model(gen):
+    import threading
+
+    model = _TinyModel(gen, layers=1).eval()
+    model.lock = threading.Lock()  # not deep-copyable
+    with pytest.raises(TypeError, match="asymmetric=False"):
+        lut.quantize_model(model, 4, 32, method="gptq", calibration=_tokens(gen, 1))
+    with pytest.raises(TypeError, match="asymmetric must be a bool"):
+        lut.quantize_model(model, 4, 32, method="gptq", calibration=_tokens(gen, 1), asymmetric=1)
+    lut.quantize_model(model, 4, 32, method="gptq", calibration=_tokens(gen, 1), asymmetric=False)
+    assert sum(isinstance(x, LutLinear) for x in model.modules()) == 6
+
+
 def test_quantize_model_calibration_forms_and_training_mode(gen):
     model = _TinyModel(gen, layers=1)
     model.train()

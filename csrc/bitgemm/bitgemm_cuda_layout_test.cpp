@@ -29,7 +29,7 @@ using namespace cuda_layout;
 
 using Checker = SelfTestChecker;
 
-std::string str(int64_t v) { return std::to_string(v); }
+using selftest::str;
 const char* fmt_name(Format f) {
   return f == Format::unsigned_int ? "unsigned" : f == Format::signed_int ? "signed" : "bipolar";
 }

@@ -2,6 +2,7 @@
 // they run from pytest through the bindings and return failures + a report instead of aborting.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace fastops {
@@ -25,6 +26,14 @@ inline int popc(uint32_t v) {
   return n;
 }
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline std::string str(int64_t v) { return std::to_string(v); }
+
+// Fills emulated outputs and shared memory, so an element a kernel never writes fails the comparison.
+inline constexpr double kPoison = std::numeric_limits<double>::quiet_NaN();
+
+// cudaDevAttrMaxSharedMemoryPerBlockOptin of the parts the layouts are planned for.
+inline constexpr int64_t kSmemOptInSm90 = 232448;  // H100 / H200
+inline constexpr int64_t kSmemOptInSm80 = 166912;  // A100
 
 // PTX mma fragments: groupID = laneid >> 2, threadID_in_group = laneid % 4.
 struct RC {

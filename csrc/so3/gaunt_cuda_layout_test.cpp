@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <random>
 #include <string>
 #include <utility>
@@ -30,10 +29,8 @@ namespace {
 using namespace gaunt_cuda_layout;
 using Checker = SelfTestChecker;
 
-std::string str(int64_t v) { return std::to_string(v); }
-const double kPoison = std::numeric_limits<double>::quiet_NaN();
-constexpr int64_t kH100OptIn = 232448;             // cudaDevAttrMaxSharedMemoryPerBlockOptin, sm_90
-constexpr int64_t kA100OptIn = 166912;             // sm_80
+using selftest::str;
+using selftest::kPoison;
 constexpr int64_t kH100SmemPerSm = 233472;         // 228 KB, of which 1 KB per resident block is reserved
 constexpr int64_t kReservedPerBlock = 1024;
 
@@ -100,17 +97,17 @@ void check_layouts(Checker& ck) {
   // L = 8 (dims 81, dim_out 289): the x tiles stay resident and two blocks share an H100 SM.
   using C4 = DenseConfig<4>;
   using C8 = DenseConfig<8>;
-  const int kc4 = choose_k_chunk<C4>(4, 81, 81, 289, false, 1, kH100OptIn);
-  const int kc8 = choose_k_chunk<C8>(8, 81, 81, 289, false, 1, kH100OptIn);
+  const int kc4 = choose_k_chunk<C4>(4, 81, 81, 289, false, 1, selftest::kSmemOptInSm90);
+  const int kc8 = choose_k_chunk<C8>(8, 81, 81, 289, false, 1, selftest::kSmemOptInSm90);
   ck.expect(kc4 == 81 && kc8 == 81, "L = 8: one k-chunk (kc " + str(kc4) + ", " + str(kc8) + ")");
   const int64_t t4 = make_dense_layout<C4>(4, 81, 81, 289, kc4, false, 1).total;
   const int64_t t8 = make_dense_layout<C8>(8, 81, 81, 289, kc8, false, 1).total;
   ck.expect(2 * (t4 + kReservedPerBlock) <= kH100SmemPerSm, "L = 8 fp32: " + str(t4) + " bytes, not 2 blocks/SM");
   ck.expect(2 * (t8 + kReservedPerBlock) <= kH100SmemPerSm, "L = 8 fp64: " + str(t8) + " bytes, not 2 blocks/SM");
   // CP at L = 8 with 128 channels: resident too.
-  ck.expect(choose_k_chunk<C4>(4, 81, 81, 81, true, 128, kA100OptIn) == 81, "CP L = 8 kc");
+  ck.expect(choose_k_chunk<C4>(4, 81, 81, 81, true, 128, selftest::kSmemOptInSm80) == 81, "CP L = 8 kc");
   // The chosen chunk is the largest that fits, and the smallest layout fits any sm_80+ part.
-  for (int64_t limit : {int64_t(60000), int64_t(99 * 1024), kA100OptIn, kH100OptIn}) {
+  for (int64_t limit : {int64_t(60000), int64_t(99 * 1024), selftest::kSmemOptInSm80, selftest::kSmemOptInSm90}) {
     const int kc = choose_k_chunk<C8>(8, 200, 150, 1000, false, 1, limit);
     const bool fits = kc > 0 && make_dense_layout<C8>(8, 200, 150, 1000, kc, false, 1).total <= limit;
     const bool largest = kc == 128 || make_dense_layout<C8>(8, 200, 150, 1000, kc + 1, false, 1).total > limit;
@@ -530,7 +527,7 @@ template <int E>
 void emulate(Checker& ck, const DenseCase& c, int kc, int64_t grid) {
   using C = DenseConfig<E>;
   const int64_t gs = c.map.group_size;
-  if (kc == 0) kc = choose_k_chunk<C>(E, c.d1, c.d2, c.dim_out, c.grouped, gs, kH100OptIn);
+  if (kc == 0) kc = choose_k_chunk<C>(E, c.d1, c.d2, c.dim_out, c.grouped, gs, selftest::kSmemOptInSm90);
   const DenseLayout L = make_dense_layout<C>(E, c.d1, c.d2, c.dim_out, kc, c.grouped, gs);
   const int64_t work = work_items(c.rows, c.dim_out, C::kRows);
   if (grid == 0 || grid > work) grid = work;

@@ -34,8 +34,8 @@ namespace {
 using namespace cuda_layout;
 using Checker = SelfTestChecker;
 
-std::string str(int64_t v) { return std::to_string(v); }
-const double kPoison = std::numeric_limits<double>::quiet_NaN();
+using selftest::str;
+using selftest::kPoison;
 
 // ---------------------------------------------------------------------------------------------------
 // Unit checks.

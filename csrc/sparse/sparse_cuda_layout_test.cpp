@@ -11,7 +11,6 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -31,9 +30,9 @@ using namespace cuda_layout;
 using Checker = SelfTestChecker;
 
 constexpr int kLanes = 32;
-const double kPoison = std::numeric_limits<double>::quiet_NaN();
+using selftest::kPoison;
 
-std::string str(int64_t v) { return std::to_string(v); }
+using selftest::str;
 using selftest::cdiv;
 using selftest::gid;
 using selftest::popc;
@@ -160,7 +159,7 @@ void check_stage_layout(Checker& ck) {
       ck.expect(!overlap, "stage parts disjoint, esz " + str(esz) + " ntiles " + str(ntiles));
       ck.expect((x_row_elems(esz) * esz) % 16 == 0 && x_row_elems(esz) >= kChunkCols, "x row stride");
       // A100 opt-in limit (163 KB); leaves room for more than one block per SM.
-      ck.expect(smem_bytes(esz, ntiles) <= 166912 / 2, "smem per block, esz " + str(esz) + " ntiles " + str(ntiles));
+      ck.expect(smem_bytes(esz, ntiles) <= selftest::kSmemOptInSm80 / 2, "smem per block, esz " + str(esz) + " ntiles " + str(ntiles));
       // Copy work covers the x tile exactly once, inside each row.
       std::vector<int> hit(size_t(x_tile_bytes(esz, ntiles) / esz), 0);
       for (int g = 0; g < x_tile_granules(esz, ntiles); ++g) {

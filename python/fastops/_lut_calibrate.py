@@ -18,6 +18,7 @@ save/load are unchanged:
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Iterable
@@ -299,16 +300,21 @@ class _StopForward(Exception):
 
 
 class _InputStats:
-    """Running X^T X and sum |x| of one layer input (memory: one [K, K] matrix)."""
+    """Running X^T X and sum |x| of one layer input (memory: one [K, K] matrix), and with a float reference
+    input X_f of the same tokens also X_f^T X (one more)."""
 
-    def __init__(self, k: int, device):
-        self.gram = torch.zeros(k, k, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    def __init__(self, k: int, device, cross: bool = False):
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
+        self.gram = torch.zeros(k, k, dtype=dtype, device=device)
+        self.cross = torch.zeros(k, k, dtype=dtype, device=device) if cross else None
         self.abs_sum = torch.zeros(k, dtype=torch.float64, device=device)
         self.tokens = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, x_float: torch.Tensor | None = None) -> None:
         x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
         self.gram += (x2.t() @ x2).to(self.gram.dtype)
+        if self.cross is not None:
+            self.cross += (x_float.detach().reshape(-1, x.shape[-1]).to(torch.float32).t() @ x2).to(self.gram.dtype)
         self.abs_sum += x2.abs().sum(dim=0).to(torch.float64)
         self.tokens += x2.shape[0]
 
@@ -422,31 +428,37 @@ def _trace_stages(model, targets: dict, batch, op: str):
     return stages
 
 
-def _collect(model, linears: list, batches: list, stop_early: bool, op: str) -> _InputStats:
-    """Input statistics of linears[0] (all of linears share that input) over every calibration batch,
-    with the earlier layers already quantized."""
-    first = linears[0]
-    stats = _InputStats(first.in_features, first.weight.device)
-    seen = set()
+def _capture(model, linears: list, batch, index: int, stop_early: bool, op: str) -> list:
+    """The inputs of linears[0] (all of linears share them) on one batch, one per call."""
+    captured, seen = [], set()
 
     def hook(mod, args):
-        if mod is first:
-            stats.add(args[0])
+        if mod is linears[0]:
+            captured.append(args[0])
         seen.add(id(mod))
         if stop_early and len(seen) == len(linears):
             raise _StopForward
 
     handles = [mod.register_forward_pre_hook(hook) for mod in linears]
     try:
-        for i, batch in enumerate(batches):
-            seen.clear()
-            try:
-                _run_checked(model, batch, i, op)
-            except _StopForward:
-                pass
+        _run_checked(model, batch, index, op)
+    except _StopForward:
+        pass
     finally:
         for h in handles:
             h.remove()
+    return captured
+
+
+def _collect(model, linears: list, batches: list, stop_early: bool, op: str, reference=None) -> _InputStats:
+    """Input statistics of linears[0] over every calibration batch, with the earlier layers already
+    quantized; reference: (float model, its copies of linears) whose inputs the cross term pairs with."""
+    stats = _InputStats(linears[0].in_features, linears[0].weight.device, cross=reference is not None)
+    for i, batch in enumerate(batches):
+        inputs = _capture(model, linears, batch, i, stop_early, op)
+        float_inputs = [None] * len(inputs) if reference is None else _capture(*reference, batch, i, stop_early, op)
+        for x, x_float in zip(inputs, float_inputs, strict=True):
+            stats.add(x, x_float)
     return stats
 
 
@@ -472,18 +484,81 @@ def _fold_into_norm(model, norm, linears: list, scale: torch.Tensor, batch) -> b
     return same
 
 
-def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, group_size: int | None,
-                              scheme: str, method: str, calibration: Iterable, *, precise: bool, progress,
-                              bcq_iters: int, act_order: bool, damp: float, op: str) -> torch.nn.Module:
-    """gptq / awq over the (name, nn.Linear) targets of model, stage by stage in execution order."""
+# Ridge, as a fraction of mean(diag H), of the least-squares target correction of asymmetric calibration:
+# the correction is a [K, K] regression on a few thousand tokens, so it is damped more than GPTQ's H^-1.
+_TARGET_DAMP = 0.1
+
+
+def _float_targets(weights: list, stats: _InputStats) -> list:
+    """The weights W* with ||W X_f - Q X||^2 = ||(W* - Q) X||^2 + const for the inputs X of the partly quantized
+    model and X_f of the float model: W* = W C H^-1 = W + W (C - H) H^-1 with C = X_f^T X, H = X^T X (ridge
+    damped). Quantizing W* by the ordinary (symmetric) objective then also undoes the earlier layers' error."""
+    h = stats.gram / max(stats.tokens, 1)
+    c = stats.cross / max(stats.tokens, 1)
+    damped = h + _TARGET_DAMP * float(h.diagonal().mean()) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    correction = torch.linalg.solve(damped, (c - h).t()).t()  # (C - H) H^-1, H symmetric
+    return [(w.to(h.dtype) + w.to(h.dtype) @ correction).to(torch.float32) for w in weights]
+
+
+def _quantize_stage(model, stage: dict, linears: list, batches: list, reference, bits: int, group_size: int,
+                    scheme: str, method: str, *, precise: bool, bcq_iters: int, act_order: bool, damp: float,
+                    undo_params: list, op: str) -> list:
+    """LutLinear replacements of one stage's linears (which share one input), from its calibration statistics."""
     from .nn import LutLinear
 
+    stats = _collect(model, linears, batches, not stage["repeated"], op, reference=reference)
+    hessian = stats.hessian()
+    weights = [lin.weight.detach().to(torch.float32) for lin in linears]
+    if reference is not None:
+        weights = _float_targets(weights, stats)
+    scale, folded = None, False
+    if "awq" in method:
+        scale = _awq_scale(weights, hessian, stats.absmean(), bits, group_size, scheme, bcq_iters)
+        norm = stage["source"]
+        if norm is not None and _is_norm(norm, scale.shape[0]) and not bool((scale == 1).all()):
+            params = [norm.weight] + ([norm.bias] if norm.bias is not None else [])
+            saved = [(p, p.detach().clone()) for p in params]
+            folded = _fold_into_norm(model, norm, linears, scale, batches[0])
+            if folded:
+                undo_params.extend(saved)
+        weights = [w * scale for w in weights]
+        hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
+    replacements = []
+    for lin, w in zip(linears, weights):
+        if "gptq" in method:
+            packed = gptq_quantize(w, hessian, bits, group_size, scheme, act_order=act_order, damp=damp,
+                                   bcq_iters=bcq_iters)
+        else:
+            packed = _quantize_clipped(w, hessian, bits, group_size, scheme, bcq_iters)
+        replacements.append(LutLinear(packed, lin.bias, precise=precise,
+                                      input_scale=None if scale is None or folded else 1 / scale))
+    return replacements
+
+
+def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, group_size: int | None,
+                              scheme: str, method: str, calibration: Iterable, *, precise: bool, progress,
+                              bcq_iters: int, act_order: bool, damp: float, asymmetric: bool,
+                              op: str) -> torch.nn.Module:
+    """gptq / awq over the (name, nn.Linear) targets of model, stage by stage in execution order. On any
+    error the model is restored (its linears and any folded norm) before the error propagates."""
+    from .nn import LutLinear
+
+    if not isinstance(asymmetric, bool):
+        raise TypeError(f"{op}: asymmetric must be a bool, got {type(asymmetric).__name__}")
     for _, linear in targets:  # bad bits / group_size / weights fail here, before any forward pass
         _check_quantize_args(op, linear.weight, bits, group_size, scheme)
     batches = _calibration_batches(calibration, model, op)
     by_name = dict(targets)
     was_training = model.training
     model.eval()
+    float_model = None
+    if asymmetric:
+        try:
+            float_model = copy.deepcopy(model)
+        except Exception as e:
+            raise TypeError(f"{op}: asymmetric calibration runs a float copy of the model, but copy.deepcopy "
+                            f"failed ({type(e).__name__}: {e}); pass asymmetric=False") from e
+    undo_modules, undo_params = [], []  # (name, original linear), (parameter, value before folding)
     try:
         with torch.no_grad():
             stages = _trace_stages(model, by_name, batches[0], op)
@@ -502,34 +577,26 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
                 items = tqdm(stages, desc=f"fastops: {method} {bits}-bit {scheme}", unit="stage")
             for stage in items:
                 linears = [by_name[n] for n in stage["names"]]
-                replacements = []
                 if stage["names"][0] not in traced:
                     replacements = [LutLinear.from_linear(lin, bits, group_size, scheme, precise=precise,
                                                           bcq_iters=bcq_iters) for lin in linears]
                 else:
-                    stats = _collect(model, linears, batches, not stage["repeated"], op)
-                    hessian = stats.hessian()
+                    reference = None if float_model is None else (
+                        float_model, [float_model.get_submodule(n) for n in stage["names"]])
                     gs = _check_quantize_args(op, linears[0].weight, bits, group_size, scheme)
-                    weights = [lin.weight.detach().to(torch.float32) for lin in linears]
-                    scale, folded = None, False
-                    if "awq" in method:
-                        scale = _awq_scale(weights, hessian, stats.absmean(), bits, gs, scheme, bcq_iters)
-                        norm = stage["source"]
-                        folded = (norm is not None and _is_norm(norm, scale.shape[0])
-                                  and not bool((scale == 1).all())
-                                  and _fold_into_norm(model, norm, linears, scale, batches[0]))
-                        weights = [w * scale for w in weights]
-                        hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
-                    for lin, w in zip(linears, weights):
-                        if "gptq" in method:
-                            packed = gptq_quantize(w, hessian, bits, gs, scheme, act_order=act_order, damp=damp,
-                                                   bcq_iters=bcq_iters)
-                        else:
-                            packed = _quantize_clipped(w, hessian, bits, gs, scheme, bcq_iters)
-                        replacements.append(LutLinear(packed, lin.bias, precise=precise,
-                                                      input_scale=None if scale is None or folded else 1 / scale))
-                for name, new in zip(stage["names"], replacements):
+                    replacements = _quantize_stage(model, stage, linears, batches, reference, bits, gs, scheme,
+                                                   method, precise=precise, bcq_iters=bcq_iters,
+                                                   act_order=act_order, damp=damp, undo_params=undo_params, op=op)
+                for name, lin, new in zip(stage["names"], linears, replacements):
                     set_submodule(model, name, new)
+                    undo_modules.append((name, lin))
+    except BaseException:
+        for name, lin in reversed(undo_modules):
+            set_submodule(model, name, lin)
+        with torch.no_grad():
+            for param, value in reversed(undo_params):
+                param.copy_(value)
+        raise
     finally:
         model.train(was_training)
     return model

@@ -348,7 +348,7 @@ def _check_quantize_args(op: str, w: torch.Tensor, bits: int, group_size: Option
     group_size = _effective_group_size(group_size, k)
     _check_group_size(op, group_size)
     check_finite(op, "w", w)
-    if float(w.abs().amax()) > _FP16_MAX:
+    if float(w.detach().abs().amax()) > _FP16_MAX:
         raise ValueError(f"{op}: w has values beyond the float16 range of the stored scales (|w| > 65504)")
     return group_size
 
@@ -500,15 +500,20 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
 def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] = 128, scheme: str = "asym", *,
                    method: str = "rtn", calibration: Optional[Iterable] = None, skip: SkipSpec = ("lm_head",),
                    precise: bool = False, progress: Optional[bool] = None, bcq_iters: int = 10,
-                   act_order: bool = True, damp: float = 0.01) -> torch.nn.Module:
+                   act_order: bool = True, damp: float = 0.01, asymmetric: bool = True) -> torch.nn.Module:
     """Replace every nn.Linear of `model` (in place) by fastops.nn.LutLinear and return the model.
 
     method: "rtn" (round to nearest), "hqq" (data-free zero-point optimization; scheme "asym"), or the
     calibration-aware "gptq" and "awq", which need `calibration`: an iterable of model inputs (each a
     tensor, a tuple of positional arguments or a dict of keyword arguments), on the model's device. Those
     run the layers in execution order, each stage's inputs captured by forward hooks with the earlier layers
-    already quantized; memory holds one [K, K] input statistic at a time, never the activations.
+    already quantized; memory holds one [K, K] input statistic at a time, never the activations. On an
+    error the model is left as it was.
     act_order, damp: gptq's options (see gptq_quantize).
+    asymmetric (gptq, awq): fit each layer to the float model's output of that layer, W x_float, rather than
+    to W x on the partly quantized model's own inputs x, so each layer also corrects what the earlier ones
+    got wrong (asymmetric calibration, as in GPTAQ). Costs a float copy of the model while it runs, a second
+    forward per stage and one more [K, K] statistic.
     skip: module-name glob patterns (default: "lm_head") or a predicate (name, module) -> bool.
     progress: show a tqdm bar (default: when there are 16 or more layers).
     """
@@ -539,7 +544,7 @@ def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] 
             skip, progress, desc)
     return _lut_calibrate.quantize_model_calibrated(
         model, linear_targets(model, skip), bits, group_size, scheme, method, calibration, precise=precise,
-        progress=progress, bcq_iters=bcq_iters, act_order=act_order, damp=damp, op=op)
+        progress=progress, bcq_iters=bcq_iters, act_order=act_order, damp=damp, asymmetric=asymmetric, op=op)
 
 
 from ._lut_calibrate import METHODS, gptq_quantize, hqq_quantize  # noqa: E402  (they build on the above)
