@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import google_benchmark as gb
 import torch
-from machine import cpu_model, git_commit
 import torch.nn.functional as F
+from machine import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "int32",

@@ -67,7 +67,6 @@ SEED = 0
 # The rows of the table: a quantize_model method, or a variant of one with other options.
 VARIANTS = {"gptq-noasym": ("gptq", {"asymmetric": False})}
 VARIANT_NOTES = {"gptq-noasym": "gptq with asymmetric=False (each layer fitted on the quantized model's own inputs)"}
-CALIBRATED_METHODS = ("gptq", "awq", "awq+gptq")
 ALL_METHODS = ("rtn", "hqq", "awq", "gptq-noasym", "gptq")
 
 # Pure-Python standard-library modules with plenty of prose docstrings. A module that does not import
@@ -342,7 +341,7 @@ def run_row(row: Row, float_model: torch.nn.Module, calibration: list[dict[str, 
     model = copy.deepcopy(float_model)
     # Only gptq and awq take calibration data; rtn and hqq refuse it.
     method, options = VARIANTS.get(row.method, (row.method, {}))
-    calib = calibration if method in CALIBRATED_METHODS else None
+    calib = calibration if method in fastops.lut.CALIBRATED_METHODS else None
     try:
         start = time.perf_counter()
         fastops.lut.quantize_model(model, bits=row.bits, group_size=row.group_size, scheme=row.scheme,

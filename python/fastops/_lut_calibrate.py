@@ -46,9 +46,10 @@ from .lut import (
     _to_fp16_values,
 )
 
-__all__ = ["METHODS", "gptq_quantize", "hqq_quantize"]
+__all__ = ["CALIBRATED_METHODS", "METHODS", "gptq_quantize", "hqq_quantize"]
 
 METHODS = ("rtn", "gptq", "awq", "hqq", "awq+gptq")
+CALIBRATED_METHODS = ("gptq", "awq", "awq+gptq")  # the methods that take calibration data
 
 
 def _max_code(bits: int, scheme: str) -> int:
@@ -462,9 +463,10 @@ def _collect(model, linears: list, batches: list, stop_early: bool, op: str, ref
     return stats
 
 
-def _fold_into_norm(model, norm, linears: list, scale: torch.Tensor, batch) -> bool:
+def _fold_into_norm(model, norm, linears: list, scale: torch.Tensor, batch, undo_params: list) -> bool:
     """Folds 1/scale into norm's affine parameters if the model's output provably stays the same (the
-    norm's output must feed nothing but these linears); returns whether it did."""
+    norm's output must feed nothing but these linears); returns whether it did. A fold appends
+    (parameter, value before) of the norm to undo_params."""
     reference = [t.clone() for t in _tensors_of(_run(model, batch)) if t.is_floating_point()]
     params = [norm.weight] + ([norm.bias] if norm.bias is not None else [])
     saved = [p.detach().clone() for p in params] + [lin.weight.detach().clone() for lin in linears]
@@ -481,6 +483,7 @@ def _fold_into_norm(model, norm, linears: list, scale: torch.Tensor, batch) -> b
     else:  # keep the norm folded, but hand the linears back unscaled: the caller scales them when quantizing
         for lin, old in zip(linears, saved[len(params):]):
             lin.weight.data.copy_(old)
+        undo_params.extend(zip(params, saved[:len(params)]))
     return same
 
 
@@ -515,12 +518,8 @@ def _quantize_stage(model, stage: dict, linears: list, batches: list, reference,
     if "awq" in method:
         scale = _awq_scale(weights, hessian, stats.absmean(), bits, group_size, scheme, bcq_iters)
         norm = stage["source"]
-        if norm is not None and _is_norm(norm, scale.shape[0]) and not bool((scale == 1).all()):
-            params = [norm.weight] + ([norm.bias] if norm.bias is not None else [])
-            saved = [(p, p.detach().clone()) for p in params]
-            folded = _fold_into_norm(model, norm, linears, scale, batches[0])
-            if folded:
-                undo_params.extend(saved)
+        folded = (norm is not None and _is_norm(norm, scale.shape[0]) and not bool((scale == 1).all())
+                  and _fold_into_norm(model, norm, linears, scale, batches[0], undo_params))
         weights = [w * scale for w in weights]
         hessian = hessian / scale[:, None] / scale[None, :]  # of the inputs x / s
     replacements = []
@@ -545,8 +544,8 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
 
     if not isinstance(asymmetric, bool):
         raise TypeError(f"{op}: asymmetric must be a bool, got {type(asymmetric).__name__}")
-    for _, linear in targets:  # bad bits / group_size / weights fail here, before any forward pass
-        _check_quantize_args(op, linear.weight, bits, group_size, scheme)
+    # Bad bits / group_size / weights fail here, before any forward pass.
+    group_sizes = {name: _check_quantize_args(op, linear.weight, bits, group_size, scheme) for name, linear in targets}
     batches = _calibration_batches(calibration, model, op)
     by_name = dict(targets)
     was_training = model.training
@@ -583,7 +582,7 @@ def quantize_model_calibrated(model: torch.nn.Module, targets: list, bits: int, 
                 else:
                     reference = None if float_model is None else (
                         float_model, [float_model.get_submodule(n) for n in stage["names"]])
-                    gs = _check_quantize_args(op, linears[0].weight, bits, group_size, scheme)
+                    gs = group_sizes[stage["names"][0]]  # the linears of a stage share in_features
                     replacements = _quantize_stage(model, stage, linears, batches, reference, bits, gs, scheme,
                                                    method, precise=precise, bcq_iters=bcq_iters,
                                                    act_order=act_order, damp=damp, undo_params=undo_params, op=op)

@@ -525,9 +525,9 @@ def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] 
         raise ValueError(f"{op}: method must be one of {_lut_calibrate.METHODS}, got {method!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
-    if method in ("gptq", "awq", "awq+gptq") and calibration is None:
+    if method in _lut_calibrate.CALIBRATED_METHODS and calibration is None:
         raise ValueError(f"{op}: method {method!r} needs calibration data: an iterable of model inputs")
-    if method in ("rtn", "hqq") and calibration is not None:
+    if method not in _lut_calibrate.CALIBRATED_METHODS and calibration is not None:
         raise ValueError(f"{op}: method {method!r} uses no calibration data; pass calibration=None "
                          "(or use method 'gptq' or 'awq')")
     if method == "hqq" and scheme != "asym":
@@ -547,4 +547,4 @@ def quantize_model(model: torch.nn.Module, bits: int, group_size: Optional[int] 
         progress=progress, bcq_iters=bcq_iters, act_order=act_order, damp=damp, asymmetric=asymmetric, op=op)
 
 
-from ._lut_calibrate import METHODS, gptq_quantize, hqq_quantize  # noqa: E402  (they build on the above)
+from ._lut_calibrate import CALIBRATED_METHODS, METHODS, gptq_quantize, hqq_quantize  # noqa: E402  (they build on the above)
