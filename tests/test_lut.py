@@ -197,6 +197,107 @@ def test_lut_gemm_strided_and_batched_x_untouched(gen, device):
         assert torch.equal(base, before)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The CPU dense path: dequantized row blocks times torch's fp32 matmul
+# ---------------------------------------------------------------------------------------------------
+def _dequantize_kernel(w, dtype, row_begin=0, cols=None):
+    m, k = w.shape
+    cols = -(-m // 16) * 16 - row_begin if cols is None else cols
+    out = torch.full((k, cols), float("nan"), dtype=dtype)  # poisoned: every element must be written
+    _C.lut_dequantize(w.planes, w.scales, w.zeros, out, m, k, w.bits, w.group_size, lut._KERNEL_SCHEME[w.scheme],
+                      row_begin, nthreads=2)
+    return out
+
+
+@pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
+def test_dequantize_kernel_is_bit_exact(gen, cpu_isa, bits, scheme):
+    """out[k, r] = W[r, k] with LutWeight.dequantize's float32 values, bf16 rounded to nearest even."""
+    for m, k, g in [(1, 1, 32), (37, 100, 32), (64, 256, 128), (50, 97, 64)]:
+        w = _weight(gen, m, k, bits, g, scheme)
+        expect = w.dequantize()
+        np.testing.assert_allclose(ref.dequantize(w), expect.double().numpy(), rtol=1e-6, atol=1e-6)
+        out = _dequantize_kernel(w, torch.float32)
+        assert torch.equal(out[:, :m].t(), expect), (m, k)
+        assert (out[:, m:] == 0).all()  # padding rows of the last tile
+        assert torch.equal(_dequantize_kernel(w, torch.bfloat16)[:, :m].t(), expect.bfloat16())
+        if m > 32:
+            assert torch.equal(_dequantize_kernel(w, torch.float32, 32, 16)[:, :min(16, m - 32)].t(), expect[32:48])
+
+
+def test_dequantize_kernel_bad_input(gen):
+    w = _weight(gen, 20, 64, 2, 32, "asym")
+    args = (w.planes, w.scales, w.zeros)
+    with pytest.raises(ValueError, match=r"out must have shape \[64, cols\]"):
+        _C.lut_dequantize(*args, torch.empty(32, 64), 20, 64, 2, 32, 0, 0)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _C.lut_dequantize(*args, torch.empty(64, 16), 20, 64, 2, 32, 0, 8)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _C.lut_dequantize(*args, torch.empty(64, 48), 20, 64, 2, 32, 0, 0)  # past the padded 32 rows
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        _C.lut_dequantize(*args, torch.empty(64, 32, dtype=torch.float16), 20, 64, 2, 32, 0, 0)
+    with pytest.raises(ValueError, match="planes has"):
+        _C.lut_dequantize(w.planes[:1], w.scales, w.zeros, torch.empty(64, 32), 20, 64, 2, 32, 0, 0)
+
+
+def test_cpu_path_choice():
+    kernel = _C.lut_cpu_kernel_name(False)
+    assert lut.cpu_path(1, 4, precise=True) == _C.lut_cpu_kernel_name(True)
+    assert lut.cpu_path(2, 4, precise=True) == "dense"
+    assert lut.cpu_path(1, 4) == kernel
+    threshold = lut._DENSE_MIN_TOKENS.get(kernel, {}).get(4)
+    if threshold is not None:
+        assert lut.cpu_path(threshold - 1, 4) == kernel and lut.cpu_path(threshold, 4) == "dense"
+    _C.set_isa("scalar")
+    try:
+        assert lut.cpu_path(15, 2) == "scalar-int8" and lut.cpu_path(16, 2) == "dense"
+    finally:
+        _C.set_isa("auto")
+
+
+@pytest.fixture
+def small_dense_blocks(monkeypatch):
+    """Dense-path blocks of 16 or 32 rows, so small weights take several blocks (and a partial tile)."""
+    monkeypatch.setattr(lut, "_DENSE_BLOCK_BYTES", 16 * 4 * 100)
+
+
+@pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
+def test_dense_path_matches_reference(gen, small_dense_blocks, bits, scheme):
+    _C.set_isa("scalar")  # dense from 16 or 32 tokens for the default mode (_DENSE_MIN_TOKENS)
+    try:
+        for (m, k), n in [((67, 100), 32), ((40, 257), 33), ((5, 33), 40)]:
+            w = _weight(gen, m, k, bits, 32 if k < 128 else 64, scheme)
+            for dtype in FLOATS:
+                x = torch.randn(n, k, generator=gen).to(dtype)
+                bias = torch.randn(m, generator=gen).to(dtype)
+                assert lut.cpu_path(n, bits) == "dense"
+                _check_gemm(x, w, bias, lut.lut_gemm(x, w, bias), "cpu", False)
+                for xs in (x, x[::2]):  # precise: dense from 2 tokens, strided x too
+                    _check_gemm(xs, w, bias, lut.lut_gemm(xs, w, bias, precise=True), "cpu", True)
+    finally:
+        _C.set_isa("auto")
+
+
+def test_dense_path_precise_is_float32_linear(gen, small_dense_blocks):
+    """precise=True from 2 tokens is F.linear(x, w.dequantize()) to float32 round-off, bias included."""
+    w = _weight(gen, 70, 200, 3, 64, "asym")
+    x = torch.randn(9, 200, generator=gen)
+    bias = torch.randn(70, generator=gen)
+    torch.testing.assert_close(lut.lut_gemm(x, w, bias, precise=True),
+                               torch.nn.functional.linear(x, w.dequantize(), bias), rtol=1e-5, atol=1e-5)
+    empty = lut.lut_gemm(torch.randn(0, 200), w, precise=True)
+    assert empty.shape == (0, 70)
+
+
+def test_gradient_through_dense_blocks(gen, small_dense_blocks):
+    w = _weight(gen, 70, 96, 2, 32, "bcq")  # 70 rows: blocks of 16 or 32 rows and a partial tile
+    x = torch.randn(3, 4, 96, generator=gen, requires_grad=True)
+    grad_y = torch.randn(3, 4, 70, generator=gen)
+    lut.lut_gemm(x, w).backward(grad_y)
+    w64 = torch.from_numpy(ref.dequantize(w))
+    torch.testing.assert_close(x.grad.double(), grad_y.double() @ w64, rtol=1e-5, atol=1e-5)
+
+
 def test_lut_gemm_kernel_writes_every_element(gen):
     """Destination-passing call with a NaN-poisoned output: every element must be written."""
     w = _weight(gen, 37, 129, 3, 32, "bcq")
@@ -317,6 +418,9 @@ def test_opcheck(gen):
                     (torch.randn(2, 3, 96, generator=gen, requires_grad=True), torch.randn(24, generator=gen))):
         torch.library.opcheck(torch.ops.fastops.lut_gemm.default,
                               (x, w.planes, w.scales, w.zeros, bias, 24, 96, 3, 32, 1, True))
+    grad_y = torch.randn(2, 3, 24, generator=gen)
+    torch.library.opcheck(torch.ops.fastops.lut_gemm_grad_x.default, (grad_y, w.planes, w.scales, w.zeros, 24, 96, 3,
+                                                                      32, 1))
 
 
 def test_gradient_wrt_x_and_bias(gen):

@@ -18,16 +18,33 @@ namespace {
 
 constexpr const char* kOp = "lut_gemm";
 
+// The packed weight's metadata, dtypes and sizes (lut_format.h), for every entry point.
+void check_packed_weight(const Array& planes, const Array& scales, const Array& zeros, int64_t m, int64_t k,
+                         int bits, int64_t group_size, int scheme, const char* op) {
+  if (bits < 1 || bits > 4) throw_value(std::string(op) + ": bits must be in 1..4, got " + std::to_string(bits));
+  if (group_size <= 0 || group_size % lut::kGroupMultiple != 0)
+    throw_value(std::string(op) + ": group_size must be a positive multiple of 32, got " +
+                std::to_string(group_size));
+  if (scheme != int(lut::Scheme::uniform) && scheme != int(lut::Scheme::bcq))
+    throw_value(std::string(op) + ": scheme must be 0 (uniform) or 1 (bcq)");
+  if (m < 0 || k < 0) throw_value(std::string(op) + ": m and k must be >= 0");
+  expect_dtype(planes, 8, nb::dlpack::dtype_code::UInt, op, "planes", "uint8");
+  expect_dtype(scales, 16, nb::dlpack::dtype_code::Float, op, "scales", "float16");
+  expect_dtype(zeros, 16, nb::dlpack::dtype_code::Float, op, "zeros", "float16");
+  for (const Array* a : {&planes, &scales, &zeros}) expect_contiguous(*a, op, "packed weight tensors");
+  const int64_t mp = lut::row_tiles(m) * lut::kTileRows, groups = lut::num_groups(k, group_size);
+  const int64_t alphas = scheme == int(lut::Scheme::bcq) ? bits : 1;
+  expect_numel(planes, lut::planes_bytes(m, k, bits), op, "planes");
+  expect_numel(scales, groups * alphas * mp, op, "scales");
+  expect_numel(zeros, groups * mp, op, "zeros");
+  expect_same_device(planes, scales, op, "planes", "scales");
+  expect_same_device(planes, zeros, op, "planes", "zeros");
+}
+
 lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& scales, const Array& zeros,
                               const std::optional<Array>& bias, const Array& y, int64_t m, int64_t k,
                               int bits, int64_t group_size, int scheme) {
-  if (bits < 1 || bits > 4) throw_value(std::string(kOp) + ": bits must be in 1..4, got " + std::to_string(bits));
-  if (group_size <= 0 || group_size % lut::kGroupMultiple != 0)
-    throw_value(std::string(kOp) + ": group_size must be a positive multiple of 32, got " +
-                std::to_string(group_size));
-  if (scheme != int(lut::Scheme::uniform) && scheme != int(lut::Scheme::bcq))
-    throw_value(std::string(kOp) + ": scheme must be 0 (uniform) or 1 (bcq)");
-  if (m < 0 || k < 0) throw_value(std::string(kOp) + ": m and k must be >= 0");
+  check_packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, kOp);
   if (x.ndim() != 2 || int64_t(x.shape(1)) != k)
     throw_value(std::string(kOp) + ": x must have shape [n, " + std::to_string(k) + "]");
   const int64_t n = int64_t(x.shape(0));
@@ -39,15 +56,6 @@ lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& 
 
   const DType dt = float_dtype(x, kOp, "x");
   if (float_dtype(y, kOp, "y") != dt) throw_type(std::string(kOp) + ": y must have the dtype of x");
-  expect_dtype(planes, 8, nb::dlpack::dtype_code::UInt, kOp, "planes", "uint8");
-  expect_dtype(scales, 16, nb::dlpack::dtype_code::Float, kOp, "scales", "float16");
-  expect_dtype(zeros, 16, nb::dlpack::dtype_code::Float, kOp, "zeros", "float16");
-  for (const Array* a : {&planes, &scales, &zeros}) expect_contiguous(*a, kOp, "packed weight tensors");
-  const int64_t mp = lut::row_tiles(m) * lut::kTileRows, groups = lut::num_groups(k, group_size);
-  const int64_t alphas = scheme == int(lut::Scheme::bcq) ? bits : 1;
-  expect_numel(planes, lut::planes_bytes(m, k, bits), kOp, "planes");
-  expect_numel(scales, groups * alphas * mp, kOp, "scales");
-  expect_numel(zeros, groups * mp, kOp, "zeros");
   expect_same_device(x, planes, kOp, "x", "planes");
   expect_same_device(x, scales, kOp, "x", "scales");
   expect_same_device(x, zeros, kOp, "x", "zeros");
@@ -100,6 +108,40 @@ void lut_gemm(Array x, Array planes, Array scales, Array zeros, std::optional<Ar
 #endif
 }
 
+// out[k, r] = W[row_begin + r, k] for whole 16-row tiles (fp32 or bf16, CPU): the dense path's
+// dequantization. out is [k, cols] with cols a multiple of 16 and row_begin + cols <= the padded m.
+void lut_dequantize(Array planes, Array scales, Array zeros, Array out, int64_t m, int64_t k, int bits,
+                    int64_t group_size, int scheme, int64_t row_begin, int nthreads) {
+  constexpr const char* op = "lut_dequantize";
+  if (out.ndim() != 2 || int64_t(out.shape(0)) != k || out.stride(1) != 1 || out.stride(0) < int64_t(out.shape(1)))
+    throw_value(std::string(op) + ": out must have shape [" + std::to_string(k) + ", cols] with unit stride along cols");
+  const int64_t cols = int64_t(out.shape(1));
+  if (row_begin < 0 || row_begin % lut::kTileRows != 0 || cols % lut::kTileRows != 0 ||
+      row_begin + cols > lut::row_tiles(m) * lut::kTileRows)
+    throw_value(std::string(op) + ": row_begin and cols must be multiples of 16 within the padded rows of m");
+  const DType dt = float_dtype(out, op, "out");
+  if (dt != DType::f32 && dt != DType::bf16) throw_type(std::string(op) + ": out must be float32 or bfloat16");
+  if (device_of(out, op, "out") != Device::cpu) throw_value(std::string(op) + ": out must be on the CPU");
+  check_packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, op);
+  expect_same_device(out, planes, op, "out", "planes");
+  lut::DequantProblem p;
+  p.planes = static_cast<const uint8_t*>(planes.data());
+  p.scales = static_cast<const uint16_t*>(scales.data());
+  p.zeros = static_cast<const uint16_t*>(zeros.data());
+  p.m = m;
+  p.k = k;
+  p.bits = bits;
+  p.group_size = group_size;
+  p.scheme = lut::Scheme(scheme);
+  p.row_begin = row_begin;
+  p.rows = cols;
+  p.out = out.data();
+  p.out_dtype = dt;
+  p.out_stride = out.stride(0);
+  nb::gil_scoped_release nogil;
+  lut::dequantize_cpu(p, nthreads);
+}
+
 std::size_t lut_cuda_workspace_bytes(int64_t n, int64_t m, int64_t k, int bits, int64_t group_size, int scheme,
                                      int dtype) {
 #ifdef FASTOPS_WITH_CUDA
@@ -127,6 +169,10 @@ void register_lut(nb::module_& m) {
         nb::arg("scheme"), nb::arg("precise") = false, nb::arg("nthreads") = 1, nb::arg("stream") = 0,
         nb::arg("workspace").noconvert().none() = nb::none(),
         "y[n, m] = x[n, k] @ W^T (+ bias) for a packed LUT weight (layout: csrc/lut/lut_format.h)");
+  m.def("lut_dequantize", &lut_dequantize, nb::arg("planes").noconvert(), nb::arg("scales").noconvert(),
+        nb::arg("zeros").noconvert(), nb::arg("out").noconvert(), nb::arg("m"), nb::arg("k"), nb::arg("bits"),
+        nb::arg("group_size"), nb::arg("scheme"), nb::arg("row_begin") = 0, nb::arg("nthreads") = 1,
+        "out[k, r] = W[row_begin + r, k] of a packed LUT weight for whole 16-row tiles, float32 or bfloat16, CPU");
   m.def("lut_cuda_workspace_bytes", &lut_cuda_workspace_bytes, nb::arg("n"), nb::arg("m"), nb::arg("k"),
         nb::arg("bits"), nb::arg("group_size"), nb::arg("scheme"), nb::arg("dtype"),
         "Bytes of device workspace gemm_cuda needs (dtype: 0 float32, 1 float16, 2 bfloat16)");

@@ -36,6 +36,27 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads);
 // Which CPU kernel gemm_cpu would run now ("avx2-int8", "scalar-fp32", ...), for info and benchmarks.
 const char* cpu_kernel_name(bool precise);
 
+// Dequantization (CPU), the first stage of lut_gemm's dense path (dequantize a block of rows, then a
+// dense matmul): the transposed rows [row_begin, row_begin + rows) of the packed weight's W[m, k]
+// (lut_format.h), out[k * out_stride + (r - row_begin)] = W[r, k], fp32 or bf16 (round to nearest
+// even). Whole 16-row tiles are written: out needs room for row_tiles(rows) * 16 columns (padding
+// rows come out 0). Values are the fp32 operations of LutWeight.dequantize in its order
+// (bit-identical to it): uniform s * (Q - Z), bcq z + sum_i (+-alpha_i). row_begin is a multiple of 16.
+struct DequantProblem {
+  const uint8_t* planes = nullptr;
+  const uint16_t* scales = nullptr;  // fp16 bits
+  const uint16_t* zeros = nullptr;   // fp16 bits
+  int64_t m = 0, k = 0;
+  int bits = 0;
+  int64_t group_size = 0;
+  Scheme scheme = Scheme::uniform;
+  int64_t row_begin = 0, rows = 0;
+  void* out = nullptr;
+  DType out_dtype = DType::f32;  // f32 or bf16
+  int64_t out_stride = 0;        // elements between consecutive k, >= row_tiles(rows) * 16
+};
+void dequantize_cpu(const DequantProblem& p, int nthreads);
+
 // CUDA: runs on `stream` (a cudaStream_t as an integer) on the current device. `workspace` is
 // device memory of at least gemm_cuda_workspace_bytes(p) bytes, allocated by the caller.
 std::size_t gemm_cuda_workspace_bytes(const GemmProblem& p);

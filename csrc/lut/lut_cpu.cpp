@@ -324,5 +324,75 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   });
 }
 
+namespace detail {
+void dequant_tile_scalar(const DequantTile& t) {
+  const int64_t kblocks = k_blocks(t.k), per_group = t.group_size / kBlockK;
+  const int ncoef = t.scheme == Scheme::bcq ? t.bits : 1;
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
+    const float* zero = t.zero + (kb / per_group) * kTileRows;
+    for (int kk = 0; kk < kBlockK && kb * kBlockK + kk < t.k; ++kk) {
+      const BitPos pos = bit_position(0, kk);  // row 0's byte; row r's is 16 lanes on
+      float v[kTileRows];
+      for (int r = 0; r < kTileRows; ++r) {
+        int code = 0;
+        for (int i = 0; i < t.bits; ++i)
+          code |= ((t.planes[(kb * t.bits + i) * kBlockBytes + pos.byte + r] >> pos.bit) & 1) << i;
+        if (t.scheme == Scheme::uniform) {
+          v[r] = coef[r] * (float(code) - zero[r]);
+        } else {
+          v[r] = zero[r];
+          for (int i = 0; i < t.bits; ++i) v[r] += ((code >> i) & 1) ? coef[i * kTileRows + r] : -coef[i * kTileRows + r];
+        }
+      }
+      const int64_t at = (kb * kBlockK + kk) * t.out_stride;
+      for (int r = 0; r < kTileRows; ++r) {
+        if (t.bf16)
+          static_cast<uint16_t*>(t.out)[at + r] = float_to_bf16(v[r]);
+        else
+          static_cast<float*>(t.out)[at + r] = v[r];
+      }
+    }
+  }
+}
+}  // namespace detail
+
+void dequantize_cpu(const DequantProblem& p, int nthreads) {
+  if (p.rows <= 0 || p.k <= 0) return;
+  const int64_t kblocks = k_blocks(p.k), ngroups = num_groups(p.k, p.group_size);
+  const int64_t mp = row_tiles(p.m) * kTileRows;
+  const int ncoef = p.scheme == Scheme::bcq ? p.bits : 1;
+  const int64_t elem = p.out_dtype == DType::bf16 ? 2 : 4;
+  void (*tile_fn)(const detail::DequantTile&) = detail::dequant_tile_scalar;
+#ifdef FASTOPS_HAVE_AVX2_KERNELS
+  if (active_isa() >= Isa::avx2) tile_fn = detail::dequant_tile_avx2;
+#endif
+  const int64_t first_tile = p.row_begin / kTileRows, tiles = row_tiles(p.rows);
+  parallel_for(tiles, 1, nthreads, [&](int64_t b, int64_t e) {
+    std::vector<float> coef(size_t(ngroups * ncoef * kTileRows)), zero(size_t(ngroups * kTileRows));
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t tile = first_tile + i, m0 = tile * kTileRows;
+      for (int64_t g = 0; g < ngroups; ++g)
+        for (int r = 0; r < kTileRows; ++r) {
+          zero[g * kTileRows + r] = half_to_float(p.zeros[g * mp + m0 + r]);
+          for (int a = 0; a < ncoef; ++a)
+            coef[(g * ncoef + a) * kTileRows + r] = half_to_float(p.scales[(g * ncoef + a) * mp + m0 + r]);
+        }
+      detail::DequantTile t;
+      t.planes = p.planes + block_offset(tile, 0, 0, kblocks, p.bits);
+      t.coef = coef.data();
+      t.zero = zero.data();
+      t.k = p.k;
+      t.group_size = p.group_size;
+      t.bits = p.bits;
+      t.scheme = p.scheme;
+      t.out = static_cast<unsigned char*>(p.out) + i * kTileRows * elem;
+      t.out_stride = p.out_stride;
+      t.bf16 = p.out_dtype == DType::bf16;
+      tile_fn(t);
+    }
+  });
+}
+
 }  // namespace lut
 }  // namespace fastops

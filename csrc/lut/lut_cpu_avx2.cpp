@@ -280,6 +280,100 @@ void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int
   });
 }
 
+namespace {
+
+// The dense path's dequantization of one tile (lut_cpu_kernels.h: DequantTile), vectorized over the
+// tile's 16 rows: byte 16 L + r of a plane block holds row r's bits of chunks L (low nibble) and
+// L + 4 (high nibble), so one shift by the bit position b and one mask give bit b of all 16 rows of
+// two lanes; the rows' codes (or bcq signs) then widen to fp32 and land as one 16-value row of out.
+template <bool kBf16>
+void store_tile_rows(unsigned char* out, __m256 lo, __m256 hi) {
+  if constexpr (kBf16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), pack_bf16x16(float_to_bf16x8(lo), float_to_bf16x8(hi)));
+  } else {
+    _mm256_storeu_ps(reinterpret_cast<float*>(out), lo);
+    _mm256_storeu_ps(reinterpret_cast<float*>(out) + 8, hi);
+  }
+}
+
+// Bytes 0-7 and 8-15 of v (one byte per row, 0..15) as fp32 rows 0-7 and 8-15.
+Rows row_bytes_to_float(__m128i v) {
+  return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))};
+}
+
+template <int kBits, Scheme S, bool kBf16>
+void dequant_tile(const DequantTile& t) {
+  constexpr int ncoef = S == Scheme::bcq ? kBits : 1;
+  constexpr int64_t elem = kBf16 ? 2 : 4;
+  const int64_t kblocks = k_blocks(t.k), per_group = t.group_size / kBlockK;
+  const __m256i one = _mm256_set1_epi8(1);
+  const __m256 sign_flip = _mm256_set1_ps(-0.0f);
+  unsigned char* out = static_cast<unsigned char*>(t.out);
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
+    const float* zero = t.zero + (kb / per_group) * kTileRows;
+    const Rows z = {_mm256_loadu_ps(zero), _mm256_loadu_ps(zero + 8)};
+    Rows c[ncoef];
+    for (int a = 0; a < ncoef; ++a)
+      c[a] = {_mm256_loadu_ps(coef + a * kTileRows), _mm256_loadu_ps(coef + a * kTileRows + 8)};
+    __m256i plane[kBits][2];  // [plane][half]: half h holds block lanes 2h and 2h + 1
+    for (int i = 0; i < kBits; ++i)
+      for (int h = 0; h < 2; ++h)
+        plane[i][h] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
+    const int64_t k_valid = t.k - kb * kBlockK;
+    for (int b = 0; b < 8; ++b) {
+      for (int h = 0; h < 2; ++h) {
+        __m256i bit[kBits];
+        for (int i = 0; i < kBits; ++i) bit[i] = _mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one);
+        __m256i code = bit[0];
+        if constexpr (S == Scheme::uniform)
+          for (int i = 1; i < kBits; ++i) code = _mm256_or_si256(code, _mm256_slli_epi16(bit[i], i));
+        for (int side = 0; side < 2; ++side) {
+          const int lane = 2 * h + side;
+          const int kk = 16 * (b / 4) + 4 * lane + b % 4;  // chunk lane + 4 (b / 4), element b % 4
+          if (kk >= k_valid) continue;
+          Rows v;
+          if constexpr (S == Scheme::uniform) {
+            const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
+            v = {_mm256_mul_ps(c[0].lo, _mm256_sub_ps(q.lo, z.lo)), _mm256_mul_ps(c[0].hi, _mm256_sub_ps(q.hi, z.hi))};
+          } else {
+            v = z;
+            for (int i = 0; i < kBits; ++i) {
+              // bit 1 -> +alpha, 0 -> -alpha: the sign bit of (1 - bit) << 31 flips alpha
+              const __m128i set = side ? _mm256_extracti128_si256(bit[i], 1) : _mm256_castsi256_si128(bit[i]);
+              const __m128i clear = _mm_xor_si128(set, _mm_set1_epi8(1));
+              const __m256 flip_lo = _mm256_and_ps(sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(clear), 31)));
+              const __m256 flip_hi = _mm256_and_ps(
+                  sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(clear, 8)), 31)));
+              v = {_mm256_add_ps(v.lo, _mm256_xor_ps(c[i].lo, flip_lo)), _mm256_add_ps(v.hi, _mm256_xor_ps(c[i].hi, flip_hi))};
+            }
+          }
+          store_tile_rows<kBf16>(out + (kb * kBlockK + kk) * t.out_stride * elem, v.lo, v.hi);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void dequant_tile_avx2(const DequantTile& t) {
+  auto run = [&](auto bits) {
+    constexpr int q = decltype(bits)::value;
+    if (t.scheme == Scheme::bcq)
+      t.bf16 ? dequant_tile<q, Scheme::bcq, true>(t) : dequant_tile<q, Scheme::bcq, false>(t);
+    else
+      t.bf16 ? dequant_tile<q, Scheme::uniform, true>(t) : dequant_tile<q, Scheme::uniform, false>(t);
+  };
+  switch (t.bits) {
+    case 1: return run(std::integral_constant<int, 1>{});
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 3: return run(std::integral_constant<int, 3>{});
+    default: return run(std::integral_constant<int, 4>{});
+  }
+}
+
 }  // namespace detail
 }  // namespace lut
 }  // namespace fastops

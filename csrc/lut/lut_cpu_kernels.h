@@ -104,6 +104,25 @@ void int8_tile_avx2(const GemmProblem& p, const Int8Tables& t, int64_t tile, int
 void int8_tile_avx512(const GemmProblem& p, const Int8Tables& t, int64_t tile, int64_t n_begin,
                       int64_t n_end);
 
+// One 16-row tile of the dense path's dequantization (lut.h: dequantize_cpu), its per-group
+// parameters already in fp32. Writes out[k * out_stride + r] for k < K and all 16 rows r (padding
+// rows have zero scales and zero points, so they come out 0). Values are LutWeight.dequantize's fp32
+// operations in its order, so the scalar and AVX2 versions agree with it bit for bit:
+//   uniform: s * (float(Q) - Z);   bcq: ((z + c_0) + c_1) + ..., c_i = alpha_i if beta_i else -alpha_i.
+struct DequantTile {
+  const uint8_t* planes;  // the tile's plane blocks, [kblocks][bits][64]
+  const float* coef;      // [ngroups][A][16]: uniform s (A = 1), bcq alpha_i (A = bits)
+  const float* zero;      // [ngroups][16]: uniform Z, bcq z
+  int64_t k, group_size;
+  int bits;
+  Scheme scheme;
+  void* out;           // k 0, row 0 of the tile
+  int64_t out_stride;  // elements between consecutive k
+  bool bf16;           // out is bf16 (round to nearest even), else fp32
+};
+void dequant_tile_scalar(const DequantTile& t);
+void dequant_tile_avx2(const DequantTile& t);
+
 }  // namespace detail
 }  // namespace lut
 }  // namespace fastops

@@ -24,7 +24,7 @@ from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usa
                     check_int, check_same_device, check_shape, check_tensor, cuda_stream, linear_targets, num_threads,
                     replace_linears)
 
-__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "quantize_model", "gptq_quantize", "hqq_quantize", "SCHEMES",
+__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "cpu_path", "quantize_model", "gptq_quantize", "hqq_quantize", "SCHEMES",
            "METHODS"]
 
 # Mirrors of csrc/lut/lut_format.h.
@@ -418,6 +418,60 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # ---------------------------------------------------------------------------------------------------
 # The operator: torch.ops.fastops.lut_gemm (custom op, fake, autograd) and fastops.lut_gemm
 # ---------------------------------------------------------------------------------------------------
+# CPU dense path: dequantize a block of rows (transposed, fp32: _C.lut_dequantize), multiply it with
+# torch's dense fp32 matmul into the block's output columns, next block. The lookup kernels' cost
+# grows with tokens x bits, a dense matmul's with tokens only, so the dense path wins for long token
+# batches; and its results are F.linear(x, w.dequantize()) to float32 round-off, so it is also the
+# precise path from two tokens on (the precise fp32-table kernel costs ~30x the int8 one per token).
+# Blocks are large (8 MB) because every switch between fastops' thread pool and torch's costs a
+# hand-over of the cores (smaller, cache-sized blocks measured slower on 2 cores).
+_DENSE_BLOCK_BYTES = 8 << 20
+_PRECISE_DENSE_MIN_TOKENS = 2
+# Tokens from which the dense path beats the int8-table kernel, by kernel and bits (bench/bench_lut.py
+# "dense" rows; 11008 x 4096 and 4096 x 4096 on a 2-core Zen 3). avx512-int8 is absent: its lookups stay
+# ahead of an fp32 matmul per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096).
+_DENSE_MIN_TOKENS = {
+    "avx2-int8": {1: 1024, 2: 512, 3: 512, 4: 256},
+    "scalar-int8": {1: 32, 2: 16, 3: 16, 4: 16},
+}
+
+
+def cpu_path(n: int, bits: int, precise: bool = False) -> str:
+    """Which CPU path lut_gemm takes for n tokens: "dense" (dequantized blocks times torch's fp32
+    matmul) or the table kernel's name ("avx2-int8", "avx512-int8", "portable-fp32", ...)."""
+    if precise:
+        return "dense" if n >= _PRECISE_DENSE_MIN_TOKENS else _C.lut_cpu_kernel_name(True)
+    kernel = _C.lut_cpu_kernel_name(False)
+    threshold = _DENSE_MIN_TOKENS.get(kernel, {}).get(bits)
+    return "dense" if threshold is not None and n >= threshold else kernel
+
+
+def _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
+    """Yields (r0, w_t) for consecutive row blocks of the CPU weight: w_t[k, rows] = W[r0:r0 + rows].T in
+    float32, a view of one buffer that the next block overwrites."""
+    cols = max(16, _DENSE_BLOCK_BYTES // (4 * max(k, 1)) // 16 * 16)
+    block = torch.empty((k, min(cols, _ceil_div(m, 16) * 16)), dtype=torch.float32)
+    nthreads = num_threads()
+    for r0 in range(0, m, cols):
+        rows = min(cols, m - r0)
+        w_t = block[:, :_ceil_div(rows, 16) * 16]  # the kernel writes whole 16-row tiles
+        call_c(_C.lut_dequantize, planes, scales, zeros, w_t, m, k, bits, group_size, scheme, r0, nthreads)
+        yield r0, w_t[:, :rows]
+
+
+def _lut_gemm_dense_cpu(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme):
+    xf = x2.to(torch.float32)
+    out = y if y.dtype == torch.float32 else torch.empty(y.shape, dtype=torch.float32)
+    for r0, w_t in _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
+        cols = slice(r0, r0 + w_t.shape[1])
+        if bias is None:
+            torch.mm(xf, w_t, out=out[:, cols])
+        else:
+            torch.addmm(bias[cols].to(torch.float32), xf, w_t, out=out[:, cols])
+    if out is not y:
+        y.copy_(out)
+
+
 @torch.library.custom_op("fastops::lut_gemm", mutates_args=(), device_types=("cpu", "cuda"))
 def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  bias: Optional[torch.Tensor], m: int, k: int, bits: int, group_size: int, scheme: int,
@@ -431,6 +485,8 @@ def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, ze
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
             call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
                    stream=cuda_stream(x.device), workspace=workspace)
+    elif cpu_path(x2.shape[0], bits, precise) == "dense":
+        _lut_gemm_dense_cpu(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme)
     else:
         call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
                nthreads=num_threads())
@@ -450,12 +506,29 @@ def _lut_gemm_setup(ctx, inputs, output):
     ctx.bias_needs_grad = bias is not None and bias.requires_grad
 
 
+@torch.library.custom_op("fastops::lut_gemm_grad_x", mutates_args=(), device_types=("cpu", "cuda"))
+def _lut_gemm_grad_x_op(grad: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                        m: int, k: int, bits: int, group_size: int, scheme: int) -> torch.Tensor:
+    """dx = dy @ W for frozen weights, W dequantized on the fly (block by block on the CPU)."""
+    g = grad.reshape(-1, m).to(torch.float32)
+    if grad.device.type == "cpu":
+        grad_x = torch.zeros((g.shape[0], k), dtype=torch.float32)
+        for r0, w_t in _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
+            grad_x.addmm_(g[:, r0:r0 + w_t.shape[1]], w_t.t())
+    else:
+        grad_x = g @ _dequantize(planes, scales, zeros, m, k, bits, group_size, scheme, torch.float32)
+    return grad_x.to(grad.dtype).view(*grad.shape[:-1], k)
+
+
+@_lut_gemm_grad_x_op.register_fake
+def _(grad, planes, scales, zeros, m, k, bits, group_size, scheme):
+    return grad.new_empty((*grad.shape[:-1], k))
+
+
 def _lut_gemm_backward(ctx, grad):
-    # Frozen weights: dx = dy @ W. W is dequantized on the fly (adapter fine-tuning, not a hot path).
     planes, scales, zeros = ctx.saved_tensors
     m, k, bits, group_size, scheme = ctx.meta
-    w = _dequantize(planes, scales, zeros, m, k, bits, group_size, scheme, torch.float32)
-    grad_x = (grad.to(torch.float32) @ w).to(grad.dtype)
+    grad_x = _lut_gemm_grad_x_op(grad, planes, scales, zeros, m, k, bits, group_size, scheme)
     grad_bias = grad.reshape(-1, m).sum(dim=0) if ctx.bias_needs_grad else None
     return grad_x, None, None, None, grad_bias, None, None, None, None, None, None
 
@@ -468,8 +541,11 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
     """y = x @ w.dequantize().T (+ bias) for x[..., K] in float32/float16/bfloat16 on CPU or CUDA.
 
     Accumulates in float32 and returns x's dtype. On the CPU the default looks up int8-quantized tables
-    (relative error <= 1e-2 on normal data); `precise=True` uses float32 tables and matches the
-    dequantized reference to float32 round-off. Differentiable with respect to x (and bias).
+    (relative error <= 1e-2 on normal data) up to a kernel- and bits-dependent number of tokens, from which
+    the dense path (dequantized row blocks times torch's float32 matmul) is faster; `precise=True` matches
+    the dequantized reference to float32 round-off (dense path; one token: float32 tables).
+    `fastops.lut.cpu_path(n, bits, precise)` says which path n tokens take. Differentiable with respect
+    to x (and bias).
     """
     op = "lut_gemm"
     if not isinstance(w, LutWeight):
