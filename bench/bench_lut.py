@@ -5,7 +5,9 @@ otherwise take: dense F.linear in fp32/bf16 (CPU) or fp16 (CUDA), torch's int4 g
 Shapes are M x K (out x in, nn.Linear layout); x is [N, K]. Weights are group-wise asymmetric with
 g = 128 for fastops and int4pack. Bytes per call = packed weight (planes + scales + zeros, or the
 peer's own weight format) + x + y; FLOPs = 2*N*M*K. Activations: fastops fp32 on CPU and fp16
-on CUDA; each peer in its fast dtype (X_DTYPE). Usually run through bench/run.py.
+on CUDA; each peer in its fast dtype (X_DTYPE). On the CPU, fastops takes its dense path (dequantized
+row blocks x torch fp32 matmul) for precise=True from N = 2 and for long batches on the AVX2 and scalar
+kernels (fastops.lut.cpu_path); the N = 256 and precise N = 16 rows time it. Usually run through bench/run.py.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ PEERS = {"cpu": ("torch_fp32", "torch_bf16", "torch_int4pack", "torch_int8pack")
 
 
 def _plan(device: str, quick: bool) -> dict:
-    """Shapes (M, K), N and q per device; `precise` = (shape, qs) timed with precise=True at N=1."""
+    """Shapes (M, K), N and q per device; `long` = (shape, ns) of extra long token batches (where the CPU
+    dense path takes over); `precise` = (shape, qs, ns) timed with precise=True."""
     if device == "cpu":
         if quick:
-            return {"shapes": [(11008, 4096)], "ns": [1, 16], "qs": [2, 4], "precise": ((11008, 4096), [4])}
+            return {"shapes": [(11008, 4096)], "ns": [1, 16], "qs": [2, 4], "long": None,
+                    "precise": ((11008, 4096), [4], [1, 16])}
         return {"shapes": [(4096, 4096), (11008, 4096), (4096, 11008)], "ns": [1, 4, 16, 64],
-                "qs": [1, 2, 3, 4], "precise": ((11008, 4096), [1, 2, 3, 4])}
+                "qs": [1, 2, 3, 4], "long": ((11008, 4096), [256]),
+                "precise": ((11008, 4096), [1, 2, 3, 4], [1, 16])}
     if quick:
-        return {"shapes": [(28672, 8192)], "ns": [1, 16], "qs": [2, 4], "precise": None}
-    return {"shapes": [(28672, 8192), (4096, 4096)], "ns": [1, 8, 16, 64, 256], "qs": [2, 3, 4], "precise": None}
+        return {"shapes": [(28672, 8192)], "ns": [1, 16], "qs": [2, 4], "long": None, "precise": None}
+    return {"shapes": [(28672, 8192), (4096, 4096)], "ns": [1, 8, 16, 64, 256], "qs": [2, 3, 4], "long": None,
+            "precise": None}
 
 
 def _weight(m: int, k: int) -> torch.Tensor:
@@ -130,10 +136,13 @@ def _case(device: str, m: int, k: int, n: int, impl: str, q: int | None = None, 
 
 def build_cases(device: str, quick: bool) -> list[Case]:
     plan = _plan(device, quick)
+    runs = list(itertools.product(plan["shapes"], plan["ns"]))
+    if plan["long"]:
+        runs += [(plan["long"][0], n) for n in plan["long"][1]]
     cases = []
-    for (m, k), n in itertools.product(plan["shapes"], plan["ns"]):
+    for (m, k), n in runs:
         cases += [_case(device, m, k, n, "fastops", q) for q in plan["qs"]]
-        if plan["precise"] and plan["precise"][0] == (m, k) and n == 1:
+        if plan["precise"] and plan["precise"][0] == (m, k) and n in plan["precise"][2]:
             cases += [_case(device, m, k, n, "fastops", q, precise=True) for q in plan["precise"][1]]
         cases += [_case(device, m, k, n, peer) for peer in PEERS[device]]
     return cases
