@@ -67,12 +67,19 @@ def load(path: Path) -> Run:
     return Run(path, data.get("context", {}), [parse(e) for e in entries])
 
 
+def cpu_isa(context: dict) -> str:
+    """The CPU kernel ISA a run used ("avx512", "avx2", ...; "" if unrecorded)."""
+    return json.loads(context["fastops_info"]).get("cpu_isa", "") if "fastops_info" in context else ""
+
+
 def latest_runs(results_dir: Path) -> list[Path]:
-    newest: dict[tuple[str, str], Path] = {}
+    """Newest file per suite, device and CPU ISA: runs on machines with different kernels all stay."""
+    newest: dict[tuple[str, str, str], Path] = {}
     for path in sorted(results_dir.glob("*.json")):  # stamps sort in time order
         match = RUN_FILE.match(path.name)
         if match:
-            newest[match["suite"], match["device"]] = path
+            isa = cpu_isa(json.loads(path.read_text()).get("context", {}))
+            newest[match["suite"], match["device"], isa] = path
     return list(newest.values())
 
 
@@ -112,10 +119,13 @@ def family_table(results: list[Result]) -> tuple[list[str], list[list[str]], lis
 
 
 def by_family(runs: list[Run]) -> dict[tuple[str, str], list[Result]]:
+    """Results by (op, device label); CPU labels name the kernel ISA, e.g. "cpu (avx2)"."""
     groups: dict[tuple[str, str], list[Result]] = {}
     for run in runs:
+        isa = cpu_isa(run.context)
         for r in run.results:
-            groups.setdefault((r.op, r.device), []).append(r)
+            label = f"{r.device} ({isa})" if r.device == "cpu" and isa else r.device
+            groups.setdefault((r.op, label), []).append(r)
     return groups
 
 
@@ -209,7 +219,7 @@ def runs_header(runs: list[Run]) -> str:
     for run in runs:
         c = run.context
         gflops = ", ".join(f"{k.split('_')[1]} {v}" for k, v in c.items() if k.endswith("_gflops"))
-        isa = json.loads(c["fastops_info"]).get("cpu_isa", "") if "fastops_info" in c else ""
+        isa = cpu_isa(c)
         rows.append([run.path.name, c.get("suite_device", ""), c.get("device_name", ""), c.get("torch_threads", ""),
                      c.get("date_utc", ""), c.get("git_commit", ""), c.get("torch_version", ""),
                      f"{c.get('fastops_version', '')} {isa}".strip(), c.get("roofline_read_gbs", ""),

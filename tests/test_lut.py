@@ -242,8 +242,9 @@ def test_dequantize_kernel_bad_input(gen):
 
 def test_cpu_path_choice():
     kernel = _C.lut_cpu_kernel_name(False)
-    assert lut.cpu_path(1, 4, precise=True) == _C.lut_cpu_kernel_name(True)
-    assert lut.cpu_path(2, 4, precise=True) == "dense"
+    precise_min = lut._PRECISE_DENSE_MIN_TOKENS
+    assert lut.cpu_path(precise_min - 1, 4, precise=True) == _C.lut_cpu_kernel_name(True)
+    assert lut.cpu_path(precise_min, 4, precise=True) == "dense"
     assert lut.cpu_path(1, 4) == kernel
     threshold = lut._DENSE_MIN_TOKENS.get(kernel, {}).get(4)
     if threshold is not None:
@@ -257,8 +258,10 @@ def test_cpu_path_choice():
 
 @pytest.fixture
 def small_dense_blocks(monkeypatch):
-    """Dense-path blocks of 16 or 32 rows, so small weights take several blocks (and a partial tile)."""
+    """Dense-path blocks of 16 or 32 rows, so small weights take several blocks (and a partial tile), and
+    the precise mode's dense path from 2 tokens."""
     monkeypatch.setattr(lut, "_DENSE_BLOCK_BYTES", 16 * 4 * 100)
+    monkeypatch.setattr(lut, "_PRECISE_DENSE_MIN_TOKENS", 2)
 
 
 @pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])

@@ -18,9 +18,9 @@ namespace {
 
 constexpr const char* kOp = "lut_gemm";
 
-// The packed weight's metadata, dtypes and sizes (lut_format.h), for every entry point.
-void check_packed_weight(const Array& planes, const Array& scales, const Array& zeros, int64_t m, int64_t k,
-                         int bits, int64_t group_size, int scheme, const char* op) {
+// The packed weight after checking its metadata, dtypes and sizes (lut_format.h), for every entry point.
+lut::PackedWeight packed_weight(const Array& planes, const Array& scales, const Array& zeros, int64_t m, int64_t k,
+                                int bits, int64_t group_size, int scheme, const char* op) {
   if (bits < 1 || bits > 4) throw_value(std::string(op) + ": bits must be in 1..4, got " + std::to_string(bits));
   if (group_size <= 0 || group_size % lut::kGroupMultiple != 0)
     throw_value(std::string(op) + ": group_size must be a positive multiple of 32, got " +
@@ -39,12 +39,23 @@ void check_packed_weight(const Array& planes, const Array& scales, const Array& 
   expect_numel(zeros, groups * mp, op, "zeros");
   expect_same_device(planes, scales, op, "planes", "scales");
   expect_same_device(planes, zeros, op, "planes", "zeros");
+  lut::PackedWeight w;
+  w.planes = static_cast<const uint8_t*>(planes.data());
+  w.scales = static_cast<const uint16_t*>(scales.data());
+  w.zeros = static_cast<const uint16_t*>(zeros.data());
+  w.m = m;
+  w.k = k;
+  w.bits = bits;
+  w.group_size = group_size;
+  w.scheme = lut::Scheme(scheme);
+  return w;
 }
 
 lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& scales, const Array& zeros,
                               const std::optional<Array>& bias, const Array& y, int64_t m, int64_t k,
                               int bits, int64_t group_size, int scheme) {
-  check_packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, kOp);
+  lut::GemmProblem p;
+  static_cast<lut::PackedWeight&>(p) = packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, kOp);
   if (x.ndim() != 2 || int64_t(x.shape(1)) != k)
     throw_value(std::string(kOp) + ": x must have shape [n, " + std::to_string(k) + "]");
   const int64_t n = int64_t(x.shape(0));
@@ -61,7 +72,6 @@ lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& 
   expect_same_device(x, zeros, kOp, "x", "zeros");
   expect_same_device(x, y, kOp, "x", "y");
 
-  lut::GemmProblem p;
   if (bias) {
     if (bias->ndim() != 1 || int64_t(bias->shape(0)) != m)
       throw_value(std::string(kOp) + ": bias must have shape [" + std::to_string(m) + "]");
@@ -75,14 +85,6 @@ lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& 
   p.n = n;
   p.x_stride_n = x.stride(0);
   p.x_stride_k = x.stride(1);
-  p.planes = static_cast<const uint8_t*>(planes.data());
-  p.scales = static_cast<const uint16_t*>(scales.data());
-  p.zeros = static_cast<const uint16_t*>(zeros.data());
-  p.m = m;
-  p.k = k;
-  p.bits = bits;
-  p.group_size = group_size;
-  p.scheme = lut::Scheme(scheme);
   p.y = y.data();
   p.y_stride_n = y.stride(0);
   return p;
@@ -122,17 +124,9 @@ void lut_dequantize(Array planes, Array scales, Array zeros, Array out, int64_t 
   const DType dt = float_dtype(out, op, "out");
   if (dt != DType::f32 && dt != DType::bf16) throw_type(std::string(op) + ": out must be float32 or bfloat16");
   if (device_of(out, op, "out") != Device::cpu) throw_value(std::string(op) + ": out must be on the CPU");
-  check_packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, op);
-  expect_same_device(out, planes, op, "out", "planes");
   lut::DequantProblem p;
-  p.planes = static_cast<const uint8_t*>(planes.data());
-  p.scales = static_cast<const uint16_t*>(scales.data());
-  p.zeros = static_cast<const uint16_t*>(zeros.data());
-  p.m = m;
-  p.k = k;
-  p.bits = bits;
-  p.group_size = group_size;
-  p.scheme = lut::Scheme(scheme);
+  static_cast<lut::PackedWeight&>(p) = packed_weight(planes, scales, zeros, m, k, bits, group_size, scheme, op);
+  expect_same_device(out, planes, op, "out", "planes");
   p.row_begin = row_begin;
   p.rows = cols;
   p.out = out.data();

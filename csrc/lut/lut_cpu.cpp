@@ -1,11 +1,12 @@
-// CPU LUT GEMM: per-token table construction, the portable kernels (int8 tables and the precise
-// fp32-table mode) and the dispatch to the SIMD kernels. Inputs are validated by the caller.
+// CPU LUT GEMM: per-token table construction, the portable int8-table kernel and the dispatch to the
+// SIMD kernels; the portable dequantization kernels (the dense path's dequantize_cpu and the precise
+// mode). Inputs are validated by the caller.
 //
 // Work split: tables are built once per call (parallel over (token, group)); the GEMM then runs
 // parallel over 16-row tiles, each tile streaming its contiguous packed weights once per token
-// block. Integer sums (int8 mode, per scale block: lut_cpu_kernels.h) or fp32 sums (precise mode,
-// per k block) are flushed into fp32 row accumulators with coefficient * table unit; the zero-point
-// term offset * S_G is added once per group.
+// block. Integer sums (per scale block: lut_cpu_kernels.h) are flushed into fp32 row accumulators
+// with coefficient * table unit; the zero-point term offset * S_G is added once per group.
+// The precise mode dequantizes each tile one k block at a time and multiplies it with fp32 x.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -42,19 +43,6 @@ void gather_block(const GemmProblem& p, int64_t n, int64_t kb, float* xs) {
 void msb_entries(const float* x, float* t) {
   for (int c = 0; c < 8; ++c)
     t[c] = x[3] + ((c & 1) ? x[0] : -x[0]) + ((c & 2) ? x[1] : -x[1]) + ((c & 4) ? x[2] : -x[2]);
-}
-
-// fp32 tables (precise mode): [kb][slot][16] floats, unit 1.
-void build_fp32_block(const float* xs, float* table) {
-  for (int u = 0; u < kTableSlots; ++u) {
-    float msb[8];
-    msb_entries(xs + kChunk * u, msb);
-    float* t = table + detail::table_slot(u) * kTableEntries;
-    for (int c = 0; c < 8; ++c) {
-      t[8 + c] = msb[c];
-      t[7 - c] = -msb[c];  // 7 - c == (8 + c) ^ 15
-    }
-  }
 }
 
 // Round to nearest even for |v| < 2^22 without a libm call (baseline x86-64 has no roundps).
@@ -108,14 +96,13 @@ float int8_block_scalar(const float* xs, int blocks, int8_t* lut) {
 namespace {
 using Int8BlockFn = float (*)(const float*, int, int8_t*);
 
-// Tables of token n, group G: every scale block of the group (precise mode: every k block), plus
-// the group's fp32 sum of x.
-template <DType D, bool kPrecise>
+// Tables of token n, group G: every scale block of the group, plus the group's fp32 sum of x.
+template <DType D>
 void build_group(const GemmProblem& p, Int8BlockFn int8_block, int64_t n, int64_t group, int64_t kblocks,
-                 int64_t ngroups, void* tables, float* unit, float* group_sum) {
+                 int64_t ngroups, int8_t* tables, float* unit, float* group_sum) {
   const int64_t per_group = p.group_size / kBlockK;
   const int64_t kb_end = std::min(kblocks, (group + 1) * per_group);
-  const int per_scale = kPrecise ? 1 : detail::blocks_per_scale(p.scheme, p.bits, p.group_size);
+  const int per_scale = detail::blocks_per_scale(p.scheme, p.bits, p.group_size);
   float sum = 0.0f;
   for (int64_t kb0 = group * per_group; kb0 < kb_end; kb0 += per_scale) {
     const int blocks = int(std::min<int64_t>(per_scale, kb_end - kb0));
@@ -123,13 +110,8 @@ void build_group(const GemmProblem& p, Int8BlockFn int8_block, int64_t n, int64_
     for (int b = 0; b < blocks; ++b) gather_block<D>(p, n, kb0 + b, xs + b * kBlockK);
     for (int j = 0; j < blocks * kBlockK; ++j) sum += xs[j];
     const int64_t slot = n * kblocks + kb0;
-    if constexpr (kPrecise) {
-      build_fp32_block(xs, static_cast<float*>(tables) + slot * kTableSlots * kTableEntries);
-      unit[slot] = 1.0f;
-    } else {
-      const float u = int8_block(xs, blocks, static_cast<int8_t*>(tables) + slot * kTableBytes);
-      for (int b = 0; b < blocks; ++b) unit[slot + b] = u;
-    }
+    const float u = int8_block(xs, blocks, tables + slot * kTableBytes);
+    for (int b = 0; b < blocks; ++b) unit[slot + b] = u;
   }
   group_sum[n * ngroups + group] = sum;
 }
@@ -141,14 +123,6 @@ struct Int8View {
   Acc entry(int64_t n, int64_t kb, int slot, int idx, bool with_residual) const {
     const int8_t* lut = t.lut + (n * t.kblocks + kb) * kTableBytes + slot * kTableEntries + idx;
     return detail::kResidualSteps * lut[0] + (with_residual ? lut[kTableSlots * kTableEntries] : 0);
-  }
-};
-struct Fp32View {
-  using Acc = float;
-  const float* tables;
-  int64_t kblocks;
-  Acc entry(int64_t n, int64_t kb, int slot, int idx, bool) const {
-    return tables[((n * kblocks + kb) * kTableSlots + slot) * kTableEntries + idx];
   }
 };
 
@@ -163,7 +137,7 @@ void store_tile(const GemmProblem& p, int64_t n, int64_t tile, const float* acc)
   }
 }
 
-// Portable kernel for one tile and a token range; View decides int8 or fp32 tables. Follows the
+// Portable kernel for one tile and a token range, table entries through View (Int8View). Follows the
 // AVX2 and AVX-512 kernels' order of fp32 operations exactly (see lut_cpu_kernels.h). Sums are
 // flushed once per scale block of `per_scale` (1 or 2) k blocks.
 template <DType D, Scheme S, class View>
@@ -265,31 +239,157 @@ Int8Kernels int8_kernels() {
 }
 }  // namespace
 
-const char* cpu_kernel_name(bool precise) { return precise ? "portable-fp32" : int8_kernels().name; }
+namespace detail {
+namespace {
+// k block kb of the tile: row r's value at k = 32 kb + kk (k < K) goes to out[kk * stride + r].
+template <class T>
+void dequant_kblock_scalar(const DequantTile& t, int64_t kb, T* out, int64_t stride) {
+  const int64_t per_group = t.group_size / kBlockK;
+  const int ncoef = t.scheme == Scheme::bcq ? t.bits : 1;
+  const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
+  const float* zero = t.zero + (kb / per_group) * kTileRows;
+  for (int kk = 0; kk < kBlockK && kb * kBlockK + kk < t.k; ++kk) {
+    const BitPos pos = bit_position(0, kk);  // row 0's byte; row r's is r bytes on
+    for (int r = 0; r < kTileRows; ++r) {
+      int code = 0;
+      for (int i = 0; i < t.bits; ++i)
+        code |= ((t.planes[(kb * t.bits + i) * kBlockBytes + pos.byte + r] >> pos.bit) & 1) << i;
+      float v;
+      if (t.scheme == Scheme::uniform) {
+        v = coef[r] * (float(code) - zero[r]);
+      } else {
+        v = zero[r];
+        for (int i = 0; i < t.bits; ++i) v += ((code >> i) & 1) ? coef[i * kTileRows + r] : -coef[i * kTileRows + r];
+      }
+      if constexpr (std::is_same_v<T, uint16_t>)
+        out[kk * stride + r] = float_to_bf16(v);
+      else
+        out[kk * stride + r] = v;
+    }
+  }
+}
+}  // namespace
+
+void dequant_tile_scalar(const DequantTile& t) {
+  for (int64_t kb = 0; kb < k_blocks(t.k); ++kb) {
+    if (t.bf16)
+      dequant_kblock_scalar(t, kb, static_cast<uint16_t*>(t.out) + kb * kBlockK * t.out_stride, t.out_stride);
+    else
+      dequant_kblock_scalar(t, kb, static_cast<float*>(t.out) + kb * kBlockK * t.out_stride, t.out_stride);
+  }
+}
+
+void precise_tile_scalar(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc) {
+  float w[kBlockK][kTileRows];
+  for (int64_t kb = 0; kb < k_blocks(t.k); ++kb) {
+    dequant_kblock_scalar(t, kb, &w[0][0], kTileRows);
+    const int kcount = int(std::min<int64_t>(kBlockK, t.k - kb * kBlockK));
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * x_stride + kb * kBlockK;
+      float sum[kTileRows] = {};
+      for (int kk = 0; kk < kcount; ++kk)
+        for (int r = 0; r < kTileRows; ++r) sum[r] += w[kk][r] * xi[kk];
+      for (int r = 0; r < kTileRows; ++r) acc[i * kTileRows + r] += sum[r];
+    }
+  }
+}
+}  // namespace detail
+
+namespace {
+// A tile's view for the dequantizing kernels, its fp16 group parameters converted into coef / zero
+// ([ngroups][A][16] and [ngroups][16], DequantTile).
+detail::DequantTile dequant_tile_view(const PackedWeight& w, int64_t tile, std::vector<float>& coef,
+                                      std::vector<float>& zero) {
+  const int64_t ngroups = num_groups(w.k, w.group_size), mp = row_tiles(w.m) * kTileRows, m0 = tile * kTileRows;
+  const int ncoef = w.scheme == Scheme::bcq ? w.bits : 1;
+  coef.resize(size_t(ngroups * ncoef * kTileRows));
+  zero.resize(size_t(ngroups * kTileRows));
+  for (int64_t g = 0; g < ngroups; ++g)
+    for (int r = 0; r < kTileRows; ++r) {
+      zero[g * kTileRows + r] = half_to_float(w.zeros[g * mp + m0 + r]);
+      for (int a = 0; a < ncoef; ++a)
+        coef[(g * ncoef + a) * kTileRows + r] = half_to_float(w.scales[(g * ncoef + a) * mp + m0 + r]);
+    }
+  detail::DequantTile t{};
+  t.planes = w.planes + block_offset(tile, 0, 0, k_blocks(w.k), w.bits);
+  t.coef = coef.data();
+  t.zero = zero.data();
+  t.k = w.k;
+  t.group_size = w.group_size;
+  t.bits = w.bits;
+  t.scheme = w.scheme;
+  return t;
+}
+
+bool use_avx2_dequant() {
+#ifdef FASTOPS_HAVE_AVX2_KERNELS
+  return active_isa() >= Isa::avx2;
+#else
+  return false;
+#endif
+}
+
+// The precise mode: per tile, the dequantized weights times fp32 x (converted once, [n][k]).
+template <DType D>
+void gemm_precise(const GemmProblem& p, int nthreads) {
+  std::vector<float> xf(size_t(p.n * p.k));
+  parallel_for(p.n, 16, nthreads, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      for (int64_t k = 0; k < p.k; ++k) xf[i * p.k + k] = load_elem<D>(p.x, i * p.x_stride_n + k * p.x_stride_k);
+  });
+  const auto tile_fn = use_avx2_dequant() ? detail::precise_tile_avx2 : detail::precise_tile_scalar;
+  parallel_for(row_tiles(p.m), 4, nthreads, [&](int64_t b, int64_t e) {
+    std::vector<float> coef, zero, acc(size_t(p.n * kTileRows));
+    for (int64_t tile = b; tile < e; ++tile) {
+      const detail::DequantTile t = dequant_tile_view(p, tile, coef, zero);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      tile_fn(t, xf.data(), p.k, p.n, acc.data());
+      for (int64_t i = 0; i < p.n; ++i) store_tile<D>(p, i, tile, acc.data() + i * kTileRows);
+    }
+  });
+}
+}  // namespace
+
+void dequantize_cpu(const DequantProblem& p, int nthreads) {
+  if (p.rows <= 0 || p.k <= 0) return;
+  const int64_t elem = p.out_dtype == DType::bf16 ? 2 : 4;
+  const auto tile_fn = use_avx2_dequant() ? detail::dequant_tile_avx2 : detail::dequant_tile_scalar;
+  const int64_t first_tile = p.row_begin / kTileRows;
+  parallel_for(row_tiles(p.rows), 1, nthreads, [&](int64_t b, int64_t e) {
+    std::vector<float> coef, zero;
+    for (int64_t i = b; i < e; ++i) {
+      detail::DequantTile t = dequant_tile_view(p, first_tile + i, coef, zero);
+      t.out = static_cast<unsigned char*>(p.out) + i * kTileRows * elem;
+      t.out_stride = p.out_stride;
+      t.bf16 = p.out_dtype == DType::bf16;
+      tile_fn(t);
+    }
+  });
+}
+
+const char* cpu_kernel_name(bool precise) {
+  if (precise) return use_avx2_dequant() ? "avx2-dequant-fp32" : "scalar-dequant-fp32";
+  return int8_kernels().name;
+}
 
 void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   if (p.m <= 0 || p.n <= 0) return;
+  if (precise) return with_dtype(p.dtype, [&](auto d) { gemm_precise<d.value>(p, nthreads); });
   const int64_t kblocks = k_blocks(p.k), ngroups = num_groups(p.k, p.group_size);
   const int64_t tiles = row_tiles(p.m);
 
   // Tables: one (token, group) pair per work item.
-  const int64_t table_bytes = precise ? kTableSlots * kTableEntries * int64_t(sizeof(float)) : kTableBytes;
   AlignedBuffer table_store;
-  table_store.resize(size_t(p.n * kblocks * table_bytes));
-  void* tables = table_store.data();
+  table_store.resize(size_t(p.n * kblocks * kTableBytes));
+  int8_t* tables = reinterpret_cast<int8_t*>(table_store.data());
   std::vector<float> unit(size_t(p.n * kblocks)), group_sum(size_t(p.n * ngroups));
   const Int8Kernels kernels = int8_kernels();
   const int64_t groups_per_piece = std::max<int64_t>(1, 1024 / p.group_size);
   parallel_for(p.n * ngroups, groups_per_piece, nthreads, [&](int64_t b, int64_t e) {
     with_dtype(p.dtype, [&](auto d) {
-      for (int64_t i = b; i < e; ++i) {
-        if (precise)
-          build_group<d.value, true>(p, kernels.block, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
-                                     group_sum.data());
-        else
-          build_group<d.value, false>(p, kernels.block, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
-                                      group_sum.data());
-      }
+      for (int64_t i = b; i < e; ++i)
+        build_group<d.value>(p, kernels.block, i / ngroups, i % ngroups, kblocks, ngroups, tables, unit.data(),
+                             group_sum.data());
     });
   });
 
@@ -303,93 +403,13 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads) {
   const int64_t token_splits = tiles >= min_items ? 1 : std::min(p.n, (min_items + tiles - 1) / tiles);
   const int64_t tokens_per_item = (p.n + token_splits - 1) / token_splits;
   const int64_t items = tiles * token_splits;
-  const Int8Tables int8_tables{static_cast<const int8_t*>(tables), unit.data(), group_sum.data(),
-                               kblocks, ngroups};
-  const Fp32View fp32_view{static_cast<const float*>(tables), kblocks};
+  const Int8Tables int8_tables{tables, unit.data(), group_sum.data(), kblocks, ngroups};
   parallel_for(items, (items + pieces - 1) / pieces, nthreads, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t tile = i / token_splits, n0 = (i % token_splits) * tokens_per_item;
       const int64_t n1 = std::min(p.n, n0 + tokens_per_item);
       if (n0 >= n1) continue;
-      if (precise)
-        with_dtype(p.dtype, [&](auto d) {
-          with_scheme(p.scheme, [&](auto s) {
-            tile_portable<d.value, s.value>(p, fp32_view, unit.data(), group_sum.data(), kblocks, ngroups, 1,
-                                            tile, n0, n1);
-          });
-        });
-      else
-        kernels.tile(p, int8_tables, tile, n0, n1);
-    }
-  });
-}
-
-namespace detail {
-void dequant_tile_scalar(const DequantTile& t) {
-  const int64_t kblocks = k_blocks(t.k), per_group = t.group_size / kBlockK;
-  const int ncoef = t.scheme == Scheme::bcq ? t.bits : 1;
-  for (int64_t kb = 0; kb < kblocks; ++kb) {
-    const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
-    const float* zero = t.zero + (kb / per_group) * kTileRows;
-    for (int kk = 0; kk < kBlockK && kb * kBlockK + kk < t.k; ++kk) {
-      const BitPos pos = bit_position(0, kk);  // row 0's byte; row r's is 16 lanes on
-      float v[kTileRows];
-      for (int r = 0; r < kTileRows; ++r) {
-        int code = 0;
-        for (int i = 0; i < t.bits; ++i)
-          code |= ((t.planes[(kb * t.bits + i) * kBlockBytes + pos.byte + r] >> pos.bit) & 1) << i;
-        if (t.scheme == Scheme::uniform) {
-          v[r] = coef[r] * (float(code) - zero[r]);
-        } else {
-          v[r] = zero[r];
-          for (int i = 0; i < t.bits; ++i) v[r] += ((code >> i) & 1) ? coef[i * kTileRows + r] : -coef[i * kTileRows + r];
-        }
-      }
-      const int64_t at = (kb * kBlockK + kk) * t.out_stride;
-      for (int r = 0; r < kTileRows; ++r) {
-        if (t.bf16)
-          static_cast<uint16_t*>(t.out)[at + r] = float_to_bf16(v[r]);
-        else
-          static_cast<float*>(t.out)[at + r] = v[r];
-      }
-    }
-  }
-}
-}  // namespace detail
-
-void dequantize_cpu(const DequantProblem& p, int nthreads) {
-  if (p.rows <= 0 || p.k <= 0) return;
-  const int64_t kblocks = k_blocks(p.k), ngroups = num_groups(p.k, p.group_size);
-  const int64_t mp = row_tiles(p.m) * kTileRows;
-  const int ncoef = p.scheme == Scheme::bcq ? p.bits : 1;
-  const int64_t elem = p.out_dtype == DType::bf16 ? 2 : 4;
-  void (*tile_fn)(const detail::DequantTile&) = detail::dequant_tile_scalar;
-#ifdef FASTOPS_HAVE_AVX2_KERNELS
-  if (active_isa() >= Isa::avx2) tile_fn = detail::dequant_tile_avx2;
-#endif
-  const int64_t first_tile = p.row_begin / kTileRows, tiles = row_tiles(p.rows);
-  parallel_for(tiles, 1, nthreads, [&](int64_t b, int64_t e) {
-    std::vector<float> coef(size_t(ngroups * ncoef * kTileRows)), zero(size_t(ngroups * kTileRows));
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t tile = first_tile + i, m0 = tile * kTileRows;
-      for (int64_t g = 0; g < ngroups; ++g)
-        for (int r = 0; r < kTileRows; ++r) {
-          zero[g * kTileRows + r] = half_to_float(p.zeros[g * mp + m0 + r]);
-          for (int a = 0; a < ncoef; ++a)
-            coef[(g * ncoef + a) * kTileRows + r] = half_to_float(p.scales[(g * ncoef + a) * mp + m0 + r]);
-        }
-      detail::DequantTile t;
-      t.planes = p.planes + block_offset(tile, 0, 0, kblocks, p.bits);
-      t.coef = coef.data();
-      t.zero = zero.data();
-      t.k = p.k;
-      t.group_size = p.group_size;
-      t.bits = p.bits;
-      t.scheme = p.scheme;
-      t.out = static_cast<unsigned char*>(p.out) + i * kTileRows * elem;
-      t.out_stride = p.out_stride;
-      t.bf16 = p.out_dtype == DType::bf16;
-      tile_fn(t);
+      kernels.tile(p, int8_tables, tile, n0, n1);
     }
   });
 }

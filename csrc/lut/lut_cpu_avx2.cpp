@@ -301,77 +301,130 @@ Rows row_bytes_to_float(__m128i v) {
   return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))};
 }
 
+// k block kb of the tile: the 16 rows' values at k = 32 kb + kk land at out + kk * stride elements.
 template <int kBits, Scheme S, bool kBf16>
-void dequant_tile(const DequantTile& t) {
+void dequant_kblock(const DequantTile& t, int64_t kb, unsigned char* out, int64_t stride) {
   constexpr int ncoef = S == Scheme::bcq ? kBits : 1;
   constexpr int64_t elem = kBf16 ? 2 : 4;
-  const int64_t kblocks = k_blocks(t.k), per_group = t.group_size / kBlockK;
+  const int64_t per_group = t.group_size / kBlockK;
   const __m256i one = _mm256_set1_epi8(1);
   const __m256 sign_flip = _mm256_set1_ps(-0.0f);
-  unsigned char* out = static_cast<unsigned char*>(t.out);
-  for (int64_t kb = 0; kb < kblocks; ++kb) {
-    const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
-    const float* zero = t.zero + (kb / per_group) * kTileRows;
-    const Rows z = {_mm256_loadu_ps(zero), _mm256_loadu_ps(zero + 8)};
-    Rows c[ncoef];
-    for (int a = 0; a < ncoef; ++a)
-      c[a] = {_mm256_loadu_ps(coef + a * kTileRows), _mm256_loadu_ps(coef + a * kTileRows + 8)};
-    __m256i plane[kBits][2];  // [plane][half]: half h holds block lanes 2h and 2h + 1
-    for (int i = 0; i < kBits; ++i)
-      for (int h = 0; h < 2; ++h)
-        plane[i][h] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
-    const int64_t k_valid = t.k - kb * kBlockK;
-    for (int b = 0; b < 8; ++b) {
-      for (int h = 0; h < 2; ++h) {
-        __m256i bit[kBits];
-        for (int i = 0; i < kBits; ++i) bit[i] = _mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one);
-        __m256i code = bit[0];
-        if constexpr (S == Scheme::uniform)
-          for (int i = 1; i < kBits; ++i) code = _mm256_or_si256(code, _mm256_slli_epi16(bit[i], i));
-        for (int side = 0; side < 2; ++side) {
-          const int lane = 2 * h + side;
-          const int kk = 16 * (b / 4) + 4 * lane + b % 4;  // chunk lane + 4 (b / 4), element b % 4
-          if (kk >= k_valid) continue;
-          Rows v;
-          if constexpr (S == Scheme::uniform) {
-            const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
-            v = {_mm256_mul_ps(c[0].lo, _mm256_sub_ps(q.lo, z.lo)), _mm256_mul_ps(c[0].hi, _mm256_sub_ps(q.hi, z.hi))};
-          } else {
-            v = z;
-            for (int i = 0; i < kBits; ++i) {
-              // bit 1 -> +alpha, 0 -> -alpha: the sign bit of (1 - bit) << 31 flips alpha
-              const __m128i set = side ? _mm256_extracti128_si256(bit[i], 1) : _mm256_castsi256_si128(bit[i]);
-              const __m128i clear = _mm_xor_si128(set, _mm_set1_epi8(1));
-              const __m256 flip_lo = _mm256_and_ps(sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(clear), 31)));
-              const __m256 flip_hi = _mm256_and_ps(
-                  sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(clear, 8)), 31)));
-              v = {_mm256_add_ps(v.lo, _mm256_xor_ps(c[i].lo, flip_lo)), _mm256_add_ps(v.hi, _mm256_xor_ps(c[i].hi, flip_hi))};
-            }
+  const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
+  const float* zero = t.zero + (kb / per_group) * kTileRows;
+  const Rows z = {_mm256_loadu_ps(zero), _mm256_loadu_ps(zero + 8)};
+  Rows c[ncoef];
+  for (int a = 0; a < ncoef; ++a)
+    c[a] = {_mm256_loadu_ps(coef + a * kTileRows), _mm256_loadu_ps(coef + a * kTileRows + 8)};
+  __m256i plane[kBits][2];  // [plane][half]: half h holds block lanes 2h and 2h + 1
+  for (int i = 0; i < kBits; ++i)
+    for (int h = 0; h < 2; ++h)
+      plane[i][h] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
+  const int64_t k_valid = t.k - kb * kBlockK;
+  for (int b = 0; b < 8; ++b) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i bit[kBits];
+      for (int i = 0; i < kBits; ++i) bit[i] = _mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one);
+      __m256i code = bit[0];
+      if constexpr (S == Scheme::uniform)
+        for (int i = 1; i < kBits; ++i) code = _mm256_or_si256(code, _mm256_slli_epi16(bit[i], i));
+      for (int side = 0; side < 2; ++side) {
+        const int lane = 2 * h + side;
+        const int kk = 16 * (b / 4) + 4 * lane + b % 4;  // chunk lane + 4 (b / 4), element b % 4
+        if (kk >= k_valid) continue;
+        Rows v;
+        if constexpr (S == Scheme::uniform) {
+          const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
+          v = {_mm256_mul_ps(c[0].lo, _mm256_sub_ps(q.lo, z.lo)), _mm256_mul_ps(c[0].hi, _mm256_sub_ps(q.hi, z.hi))};
+        } else {
+          v = z;
+          for (int i = 0; i < kBits; ++i) {
+            // bit 1 -> +alpha, 0 -> -alpha: the sign bit of (1 - bit) << 31 flips alpha
+            const __m128i set = side ? _mm256_extracti128_si256(bit[i], 1) : _mm256_castsi256_si128(bit[i]);
+            const __m128i clear = _mm_xor_si128(set, _mm_set1_epi8(1));
+            const __m256 flip_lo = _mm256_and_ps(sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(clear), 31)));
+            const __m256 flip_hi = _mm256_and_ps(
+                sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(clear, 8)), 31)));
+            v = {_mm256_add_ps(v.lo, _mm256_xor_ps(c[i].lo, flip_lo)), _mm256_add_ps(v.hi, _mm256_xor_ps(c[i].hi, flip_hi))};
           }
-          store_tile_rows<kBf16>(out + (kb * kBlockK + kk) * t.out_stride * elem, v.lo, v.hi);
         }
+        store_tile_rows<kBf16>(out + kk * stride * elem, v.lo, v.hi);
       }
     }
+  }
+}
+
+template <int kBits, Scheme S, bool kBf16>
+void dequant_tile(const DequantTile& t) {
+  constexpr int64_t elem = kBf16 ? 2 : 4;
+  for (int64_t kb = 0; kb < k_blocks(t.k); ++kb)
+    dequant_kblock<kBits, S, kBf16>(t, kb, static_cast<unsigned char*>(t.out) + kb * kBlockK * t.out_stride * elem,
+                                    t.out_stride);
+}
+
+// Precise GEMM of one tile: acc[i][r] += sum_k W[r, k] x[i, k], the weights dequantized one k block at
+// a time into an L1 buffer. Even and odd k go to separate accumulators (two dependent FMA chains per
+// 8 rows would leave the FMA units idle) that join at the end of each k block.
+template <int kBits, Scheme S>
+void precise_tile(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc) {
+  alignas(32) float w[kBlockK][kTileRows];
+  for (int64_t kb = 0; kb < k_blocks(t.k); ++kb) {
+    dequant_kblock<kBits, S, false>(t, kb, reinterpret_cast<unsigned char*>(&w[0][0]), kTileRows);
+    const int kcount = int(t.k - kb * kBlockK < kBlockK ? t.k - kb * kBlockK : kBlockK);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * x_stride + kb * kBlockK;
+      __m256 even_lo = _mm256_setzero_ps(), even_hi = even_lo, odd_lo = even_lo, odd_hi = even_lo;
+      int kk = 0;
+      for (; kk + 1 < kcount; kk += 2) {
+        const __m256 xe = _mm256_broadcast_ss(xi + kk), xo = _mm256_broadcast_ss(xi + kk + 1);
+        even_lo = _mm256_fmadd_ps(_mm256_load_ps(w[kk]), xe, even_lo);
+        even_hi = _mm256_fmadd_ps(_mm256_load_ps(w[kk] + 8), xe, even_hi);
+        odd_lo = _mm256_fmadd_ps(_mm256_load_ps(w[kk + 1]), xo, odd_lo);
+        odd_hi = _mm256_fmadd_ps(_mm256_load_ps(w[kk + 1] + 8), xo, odd_hi);
+      }
+      if (kk < kcount) {
+        const __m256 xe = _mm256_broadcast_ss(xi + kk);
+        even_lo = _mm256_fmadd_ps(_mm256_load_ps(w[kk]), xe, even_lo);
+        even_hi = _mm256_fmadd_ps(_mm256_load_ps(w[kk] + 8), xe, even_hi);
+      }
+      float* a = acc + i * kTileRows;
+      _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_add_ps(even_lo, odd_lo)));
+      _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_add_ps(even_hi, odd_hi)));
+    }
+  }
+}
+
+// Calls f(bits, scheme) with both as compile-time constants.
+template <class F>
+void with_bits_scheme(int bits, Scheme scheme, F&& f) {
+  auto run = [&](auto q) {
+    if (scheme == Scheme::bcq)
+      f(q, std::integral_constant<Scheme, Scheme::bcq>{});
+    else
+      f(q, std::integral_constant<Scheme, Scheme::uniform>{});
+  };
+  switch (bits) {
+    case 1: return run(std::integral_constant<int, 1>{});
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 3: return run(std::integral_constant<int, 3>{});
+    default: return run(std::integral_constant<int, 4>{});
   }
 }
 
 }  // namespace
 
 void dequant_tile_avx2(const DequantTile& t) {
-  auto run = [&](auto bits) {
-    constexpr int q = decltype(bits)::value;
-    if (t.scheme == Scheme::bcq)
-      t.bf16 ? dequant_tile<q, Scheme::bcq, true>(t) : dequant_tile<q, Scheme::bcq, false>(t);
-    else
-      t.bf16 ? dequant_tile<q, Scheme::uniform, true>(t) : dequant_tile<q, Scheme::uniform, false>(t);
-  };
-  switch (t.bits) {
-    case 1: return run(std::integral_constant<int, 1>{});
-    case 2: return run(std::integral_constant<int, 2>{});
-    case 3: return run(std::integral_constant<int, 3>{});
-    default: return run(std::integral_constant<int, 4>{});
-  }
+  with_bits_scheme(t.bits, t.scheme, [&](auto q, auto s) {
+    constexpr int kBits = decltype(q)::value;
+    constexpr Scheme kScheme = decltype(s)::value;
+    t.bf16 ? dequant_tile<kBits, kScheme, true>(t) : dequant_tile<kBits, kScheme, false>(t);
+  });
+}
+
+void precise_tile_avx2(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc) {
+  with_bits_scheme(t.bits, t.scheme, [&](auto q, auto s) {
+    precise_tile<decltype(q)::value, decltype(s)::value>(t, x, x_stride, n, acc);
+  });
 }
 
 }  // namespace detail

@@ -421,15 +421,15 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # CPU dense path: dequantize a block of rows (transposed, fp32: _C.lut_dequantize), multiply it with
 # torch's dense fp32 matmul into the block's output columns, next block. The lookup kernels' cost
 # grows with tokens x bits, a dense matmul's with tokens only, so the dense path wins for long token
-# batches; and its results are F.linear(x, w.dequantize()) to float32 round-off, so it is also the
-# precise path from two tokens on (the precise fp32-table kernel costs ~30x the int8 one per token).
+# batches, in the default mode on the AVX2 and scalar table kernels and in the precise mode (whose
+# kernel dequantizes each tile and multiplies it with fp32 FMAs, ahead up to ~64 tokens).
 # Blocks are large (8 MB) because every switch between fastops' thread pool and torch's costs a
 # hand-over of the cores (smaller, cache-sized blocks measured slower on 2 cores).
 _DENSE_BLOCK_BYTES = 8 << 20
-_PRECISE_DENSE_MIN_TOKENS = 2
+_PRECISE_DENSE_MIN_TOKENS = 96
 # Tokens from which the dense path beats the int8-table kernel, by kernel and bits (bench/bench_lut.py
-# "dense" rows; 11008 x 4096 and 4096 x 4096 on a 2-core Zen 3). avx512-int8 is absent: its lookups stay
-# ahead of an fp32 matmul per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096).
+# rows N = 64 and 256; 11008 x 4096 and 4096 x 4096 on a 2-core Zen 3). avx512-int8 is absent: its
+# lookups stay ahead of an fp32 matmul per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096).
 _DENSE_MIN_TOKENS = {
     "avx2-int8": {1: 1024, 2: 512, 3: 512, 4: 256},
     "scalar-int8": {1: 32, 2: 16, 3: 16, 4: 16},
@@ -438,7 +438,7 @@ _DENSE_MIN_TOKENS = {
 
 def cpu_path(n: int, bits: int, precise: bool = False) -> str:
     """Which CPU path lut_gemm takes for n tokens: "dense" (dequantized blocks times torch's fp32
-    matmul) or the table kernel's name ("avx2-int8", "avx512-int8", "portable-fp32", ...)."""
+    matmul) or the kernel's name ("avx2-int8", "avx512-int8", "avx2-dequant-fp32", ...)."""
     if precise:
         return "dense" if n >= _PRECISE_DENSE_MIN_TOKENS else _C.lut_cpu_kernel_name(True)
     kernel = _C.lut_cpu_kernel_name(False)
@@ -543,7 +543,8 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
     Accumulates in float32 and returns x's dtype. On the CPU the default looks up int8-quantized tables
     (relative error <= 1e-2 on normal data) up to a kernel- and bits-dependent number of tokens, from which
     the dense path (dequantized row blocks times torch's float32 matmul) is faster; `precise=True` matches
-    the dequantized reference to float32 round-off (dense path; one token: float32 tables).
+    the dequantized reference to float32 round-off (dequantized tiles times float32 x; dense path from
+    96 tokens).
     `fastops.lut.cpu_path(n, bits, precise)` says which path n tokens take. Differentiable with respect
     to x (and bias).
     """
