@@ -6,8 +6,8 @@ Shapes are M x K (out x in, nn.Linear layout); x is [N, K]. Weights are group-wi
 g = 128 for fastops and int4pack. Bytes per call = packed weight (planes + scales + zeros, or the
 peer's own weight format) + x + y; FLOPs = 2*N*M*K. Activations: fastops fp32 on CPU and fp16
 on CUDA; each peer in its fast dtype (X_DTYPE). On the CPU, fastops takes its dense path (dequantized
-row blocks x torch fp32 matmul) for precise=True from N = 2 and for long batches on the AVX2 and scalar
-kernels (fastops.lut.cpu_path); the N = 256 and precise N = 16 rows time it. Usually run through bench/run.py.
+row blocks x torch fp32 matmul) for long batches: precise=True from N = 96, the default on the AVX2 and
+scalar kernels from a bits-dependent N (fastops.lut.cpu_path); the N = 256 rows time it. Usually run through bench/run.py.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _plan(device: str, quick: bool) -> dict:
                     "precise": ((11008, 4096), [4], [1, 16])}
         return {"shapes": [(4096, 4096), (11008, 4096), (4096, 11008)], "ns": [1, 4, 16, 64],
                 "qs": [1, 2, 3, 4], "long": ((11008, 4096), [256]),
-                "precise": ((11008, 4096), [1, 2, 3, 4], [1, 16])}
+                "precise": ((11008, 4096), [1, 2, 3, 4], [1, 16, 256])}
     if quick:
         return {"shapes": [(28672, 8192)], "ns": [1, 16], "qs": [2, 4], "long": None, "precise": None}
     return {"shapes": [(28672, 8192), (4096, 4096)], "ns": [1, 8, 16, 64, 256], "qs": [2, 3, 4], "long": None,
