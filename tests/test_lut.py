@@ -254,6 +254,12 @@ def test_cpu_path_choice():
         assert lut.cpu_path(15, 2) == "scalar-int8" and lut.cpu_path(16, 2) == "dense"
     finally:
         _C.set_isa("auto")
+    with pytest.raises(ValueError, match="bits must be in"):
+        lut.cpu_path(4, 5)
+    with pytest.raises(TypeError, match="n must be an int"):
+        lut.cpu_path(4.0, 2)
+    with pytest.raises(TypeError, match="precise must be a bool"):
+        lut.cpu_path(4, 2, precise=1)
 
 
 @pytest.fixture

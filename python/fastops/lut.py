@@ -24,8 +24,8 @@ from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usa
                     check_int, check_same_device, check_shape, check_tensor, cuda_stream, linear_targets, num_threads,
                     replace_linears)
 
-__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "cpu_path", "quantize_model", "gptq_quantize", "hqq_quantize", "SCHEMES",
-           "METHODS"]
+__all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "cpu_path", "quantize_model", "gptq_quantize", "hqq_quantize",
+           "SCHEMES", "METHODS"]
 
 # Mirrors of csrc/lut/lut_format.h.
 TILE_ROWS = 16
@@ -427,8 +427,9 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # hand-over of the cores (smaller, cache-sized blocks measured slower on 2 cores).
 _DENSE_BLOCK_BYTES = 8 << 20
 _PRECISE_DENSE_MIN_TOKENS = 96
-# Tokens from which the dense path beats the int8-table kernel, by kernel and bits (bench/bench_lut.py
-# rows N = 64 and 256; 11008 x 4096 and 4096 x 4096 on a 2-core Zen 3). avx512-int8 is absent: its
+# Tokens from which the dense path beats the int8-table kernel, by kernel and bits (timed at N = 1-512
+# on 11008 x 4096 and 4096 x 4096, 2-core Zen 3; bench_lut's N = 256 rows show the q = 4 crossover, the
+# noise on that machine is +-30%). avx512-int8 is absent: its
 # lookups stay ahead of an fp32 matmul per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096).
 _DENSE_MIN_TOKENS = {
     "avx2-int8": {1: 1024, 2: 512, 3: 512, 4: 256},
@@ -439,6 +440,11 @@ _DENSE_MIN_TOKENS = {
 def cpu_path(n: int, bits: int, precise: bool = False) -> str:
     """Which CPU path lut_gemm takes for n tokens: "dense" (dequantized blocks times torch's fp32
     matmul) or the kernel's name ("avx2-int8", "avx512-int8", "avx2-dequant-fp32", ...)."""
+    op = "cpu_path"
+    check_int(op, "n", n, 0)
+    check_int(op, "bits", bits, 1, 4)
+    if not isinstance(precise, bool):
+        raise TypeError(f"{op}: precise must be a bool, got {type(precise).__name__}")
     if precise:
         return "dense" if n >= _PRECISE_DENSE_MIN_TOKENS else _C.lut_cpu_kernel_name(True)
     kernel = _C.lut_cpu_kernel_name(False)
