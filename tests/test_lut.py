@@ -212,10 +212,14 @@ def _dequantize_kernel(w, dtype, row_begin=0, cols=None):
 @pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
 def test_dequantize_kernel_is_bit_exact(gen, cpu_isa, bits, scheme):
-    """out[k, r] = W[r, k] with LutWeight.dequantize's float32 values, bf16 rounded to nearest even."""
+    """out[k, r] = W[r, k] with the float32 values of the torch-op dequantization (the path LutWeight.dequantize
+    takes on CUDA), bf16 rounded to nearest even."""
     for m, k, g in [(1, 1, 32), (37, 100, 32), (64, 256, 128), (50, 97, 64)]:
         w = _weight(gen, m, k, bits, g, scheme)
-        expect = w.dequantize()
+        expect = lut._dequantize(w.planes, w.scales, w.zeros, m, k, bits, w.group_size, lut._KERNEL_SCHEME[scheme],
+                                 torch.float32)
+        assert torch.equal(w.dequantize(), expect) and w.dequantize().is_contiguous()
+        assert torch.equal(w.dequantize(torch.float16), expect.half())
         np.testing.assert_allclose(ref.dequantize(w), expect.double().numpy(), rtol=1e-6, atol=1e-6)
         out = _dequantize_kernel(w, torch.float32)
         assert torch.equal(out[:, :m].t(), expect), (m, k)

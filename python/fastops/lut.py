@@ -157,8 +157,15 @@ class LutWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [M, K] this packed weight stands for, computed in float32 (float64 if asked)."""
-        return _dequantize(self.planes, self.scales, self.zeros, self.shape[0], self.shape[1], self.bits,
-                           self.group_size, _KERNEL_SCHEME[self.scheme], dtype)
+        m, k = self.shape
+        scheme = _KERNEL_SCHEME[self.scheme]
+        if self.planes.device.type == "cpu" and dtype != torch.float64:
+            # The dequantization kernel (bit-identical to _dequantize, ~100x faster), transposed tiles.
+            w_t = torch.empty((k, _ceil_div(m, 16) * 16), dtype=torch.float32)
+            call_c(_C.lut_dequantize, self.planes, self.scales, self.zeros, w_t, m, k, self.bits, self.group_size,
+                   scheme, 0, num_threads())
+            return w_t[:, :m].t().contiguous().to(dtype)
+        return _dequantize(self.planes, self.scales, self.zeros, m, k, self.bits, self.group_size, scheme, dtype)
 
     def state_dict(self) -> dict:
         m, k = self.shape
