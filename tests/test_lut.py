@@ -220,6 +220,7 @@ def test_dequantize_kernel_is_bit_exact(gen, cpu_isa, bits, scheme):
                                  torch.float32)
         assert torch.equal(w.dequantize(), expect) and w.dequantize().is_contiguous()
         assert torch.equal(w.dequantize(torch.float16), expect.half())
+        assert torch.equal(w.dequantize(torch.bfloat16), expect.bfloat16())
         np.testing.assert_allclose(ref.dequantize(w), expect.double().numpy(), rtol=1e-6, atol=1e-6)
         out = _dequantize_kernel(w, torch.float32)
         assert torch.equal(out[:, :m].t(), expect), (m, k)

@@ -67,9 +67,7 @@ lut::GemmProblem make_problem(const Array& x, const Array& planes, const Array& 
 
   const DType dt = float_dtype(x, kOp, "x");
   if (float_dtype(y, kOp, "y") != dt) throw_type(std::string(kOp) + ": y must have the dtype of x");
-  expect_same_device(x, planes, kOp, "x", "planes");
-  expect_same_device(x, scales, kOp, "x", "scales");
-  expect_same_device(x, zeros, kOp, "x", "zeros");
+  expect_same_device(x, planes, kOp, "x", "planes");  // scales and zeros: packed_weight
   expect_same_device(x, y, kOp, "x", "y");
 
   if (bias) {

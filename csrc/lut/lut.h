@@ -41,11 +41,12 @@ void gemm_cpu(const GemmProblem& p, bool precise, int nthreads);
 const char* cpu_kernel_name(bool precise);
 
 // Dequantization (CPU), the first stage of lut_gemm's dense path (dequantize a block of rows, then a
-// dense matmul): the transposed rows [row_begin, row_begin + rows) of the packed weight's W[m, k]
+// dense matmul) and of LutWeight.dequantize: the transposed rows [row_begin, row_begin + rows) of the packed weight's W[m, k]
 // (lut_format.h), out[k * out_stride + (r - row_begin)] = W[r, k], fp32 or bf16 (round to nearest
 // even). Whole 16-row tiles are written: out needs room for row_tiles(rows) * 16 columns (padding
-// rows come out 0). Values are the fp32 operations of LutWeight.dequantize in its order
-// (bit-identical to it): uniform s * (Q - Z), bcq z + sum_i (+-alpha_i). row_begin is a multiple of 16.
+// rows come out 0). Values are the fp32 operations of the torch-op dequantization (lut.py: _dequantize)
+// in its order (bit-identical to it): uniform s * (Q - Z), bcq z + sum_i (+-alpha_i). LutWeight.dequantize
+// on the CPU runs this. row_begin is a multiple of 16.
 struct DequantProblem : PackedWeight {
   int64_t row_begin = 0, rows = 0;
   void* out = nullptr;

@@ -394,23 +394,6 @@ void precise_tile(const DequantTile& t, const float* x, int64_t x_stride, int64_
   }
 }
 
-// Calls f(bits, scheme) with both as compile-time constants.
-template <class F>
-void with_bits_scheme(int bits, Scheme scheme, F&& f) {
-  auto run = [&](auto q) {
-    if (scheme == Scheme::bcq)
-      f(q, std::integral_constant<Scheme, Scheme::bcq>{});
-    else
-      f(q, std::integral_constant<Scheme, Scheme::uniform>{});
-  };
-  switch (bits) {
-    case 1: return run(std::integral_constant<int, 1>{});
-    case 2: return run(std::integral_constant<int, 2>{});
-    case 3: return run(std::integral_constant<int, 3>{});
-    default: return run(std::integral_constant<int, 4>{});
-  }
-}
-
 }  // namespace
 
 void dequant_tile_avx2(const DequantTile& t) {

@@ -54,27 +54,33 @@ constexpr int table_slot(int u) {
   return 4 * (lane / 2) + 2 * nibble + lane % 2;
 }
 
-// Calls f(scheme, bits, dtype) with the three as compile-time constants (std::integral_constant), for
-// the per-ISA tile kernels. Anonymous namespace: each ISA translation unit keeps its own copy.
+// Calls f(bits, scheme) with both as compile-time constants (std::integral_constant), and
+// with_tile_params f(scheme, bits, dtype) with all three, for the per-ISA kernels. Anonymous
+// namespace: each ISA translation unit keeps its own copy.
 namespace {
 template <class F>
-void with_tile_params(const GemmProblem& p, F&& f) {
-  auto bits = [&](auto scheme, auto dtype) {
-    switch (p.bits) {
-      case 1: return f(scheme, std::integral_constant<int, 1>{}, dtype);
-      case 2: return f(scheme, std::integral_constant<int, 2>{}, dtype);
-      case 3: return f(scheme, std::integral_constant<int, 3>{}, dtype);
-      default: return f(scheme, std::integral_constant<int, 4>{}, dtype);
-    }
+void with_bits_scheme(int bits, Scheme scheme, F&& f) {
+  auto run = [&](auto q) {
+    if (scheme == Scheme::bcq) return f(q, std::integral_constant<Scheme, Scheme::bcq>{});
+    return f(q, std::integral_constant<Scheme, Scheme::uniform>{});
   };
-  auto scheme = [&](auto dtype) {
-    if (p.scheme == Scheme::bcq) return bits(std::integral_constant<Scheme, Scheme::bcq>{}, dtype);
-    return bits(std::integral_constant<Scheme, Scheme::uniform>{}, dtype);
+  switch (bits) {
+    case 1: return run(std::integral_constant<int, 1>{});
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 3: return run(std::integral_constant<int, 3>{});
+    default: return run(std::integral_constant<int, 4>{});
+  }
+}
+
+template <class F>
+void with_tile_params(const GemmProblem& p, F&& f) {
+  auto run = [&](auto dtype) {
+    with_bits_scheme(p.bits, p.scheme, [&](auto bits, auto scheme) { f(scheme, bits, dtype); });
   };
   switch (p.dtype) {
-    case DType::f16: return scheme(std::integral_constant<DType, DType::f16>{});
-    case DType::bf16: return scheme(std::integral_constant<DType, DType::bf16>{});
-    default: return scheme(std::integral_constant<DType, DType::f32>{});
+    case DType::f16: return run(std::integral_constant<DType, DType::f16>{});
+    case DType::bf16: return run(std::integral_constant<DType, DType::bf16>{});
+    default: return run(std::integral_constant<DType, DType::f32>{});
   }
 }
 }  // namespace
@@ -106,8 +112,9 @@ void int8_tile_avx512(const GemmProblem& p, const Int8Tables& t, int64_t tile, i
 
 // One 16-row tile of the dense path's dequantization (lut.h: dequantize_cpu), its per-group
 // parameters already in fp32. Writes out[k * out_stride + r] for k < K and all 16 rows r (padding
-// rows have zero scales and zero points, so they come out 0). Values are LutWeight.dequantize's fp32
-// operations in its order, so the scalar and AVX2 versions agree with it bit for bit:
+// rows have zero scales and zero points, so they come out 0). Values are the fp32 operations of the
+// torch-op dequantization (python/fastops/lut.py: _dequantize) in its order, so the scalar and AVX2
+// versions agree with it bit for bit:
 //   uniform: s * (float(Q) - Z);   bcq: ((z + c_0) + c_1) + ..., c_i = alpha_i if beta_i else -alpha_i.
 struct DequantTile {
   const uint8_t* planes;  // the tile's plane blocks, [kblocks][bits][64]
