@@ -6,8 +6,9 @@ Shapes are M x K (out x in, nn.Linear layout); x is [N, K]. Weights are group-wi
 g = 128 for fastops and int4pack. Bytes per call = packed weight (planes + scales + zeros, or the
 peer's own weight format) + x + y; FLOPs = 2*N*M*K. Activations: fastops fp32 on CPU and fp16
 on CUDA; each peer in its fast dtype (X_DTYPE). On the CPU, fastops takes its dense path (dequantized
-row blocks x torch fp32 matmul) for long batches: precise=True from N = 96, the default on the AVX2 and
-scalar kernels from a bits-dependent N (fastops.lut.cpu_path); the N = 256 rows time it. Usually run through bench/run.py.
+row blocks x torch's fp32 matmul, bf16 on CPUs with AVX512_BF16) for long batches: precise=True from
+N = 96, the default from an N that depends on the kernel, bits and shape (fastops.lut.cpu_path); the
+N = 256 and 8192 rows time it. Usually run through bench/run.py.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ PEERS = {"cpu": ("torch_fp32", "torch_bf16", "torch_int4pack", "torch_int8pack")
 
 
 def _plan(device: str, quick: bool) -> dict:
-    """Shapes (M, K), N and q per device; `long` = (shape, ns) of extra long token batches (where the CPU
-    dense path takes over); `precise` = (shape, qs, ns) timed with precise=True."""
+    """Shapes (M, K), N and q per device; `long` = [(shape, ns)] of extra long token batches (where the CPU
+    dense path takes over; 1536 x 384 and 384 x 1536 at N = 8192 are a small encoder's (MiniLM's) FFN
+    at batch 64 x 128 tokens); `precise` = (shape, qs, ns) timed with precise=True."""
     if device == "cpu":
         if quick:
             return {"shapes": [(11008, 4096)], "ns": [1, 16], "qs": [2, 4], "long": None,
                     "precise": ((11008, 4096), [4], [1, 16])}
         return {"shapes": [(4096, 4096), (11008, 4096), (4096, 11008)], "ns": [1, 4, 16, 64],
-                "qs": [1, 2, 3, 4], "long": ((11008, 4096), [256]),
+                "qs": [1, 2, 3, 4],
+                "long": [((11008, 4096), [256]), ((1536, 384), [8192]), ((384, 1536), [8192])],
                 "precise": ((11008, 4096), [1, 2, 3, 4], [1, 16, 256])}
     if quick:
         return {"shapes": [(28672, 8192)], "ns": [1, 16], "qs": [2, 4], "long": None, "precise": None}
@@ -137,8 +140,8 @@ def _case(device: str, m: int, k: int, n: int, impl: str, q: int | None = None, 
 def build_cases(device: str, quick: bool) -> list[Case]:
     plan = _plan(device, quick)
     runs = list(itertools.product(plan["shapes"], plan["ns"]))
-    if plan["long"]:
-        runs += [(plan["long"][0], n) for n in plan["long"][1]]
+    for shape, ns in plan["long"] or ():
+        runs += [(shape, n) for n in ns]
     cases = []
     for (m, k), n in runs:
         cases += [_case(device, m, k, n, "fastops", q) for q in plan["qs"]]

@@ -245,26 +245,43 @@ def test_dequantize_kernel_bad_input(gen):
         _C.lut_dequantize(w.planes[:1], w.scales, w.zeros, torch.empty(64, 32), 20, 64, 2, 32, 0, 0)
 
 
-def test_cpu_path_choice():
+def test_cpu_path_choice(gen):
+    w = _weight(gen, 300, 256, 4, 128, "asym")
     kernel = _C.lut_cpu_kernel_name(False)
+    dense = lut._default_dense_path()
     precise_min = lut._PRECISE_DENSE_MIN_TOKENS
-    assert lut.cpu_path(precise_min - 1, 4, precise=True) == _C.lut_cpu_kernel_name(True)
-    assert lut.cpu_path(precise_min, 4, precise=True) == "dense"
-    assert lut.cpu_path(1, 4) == kernel
-    threshold = lut._DENSE_MIN_TOKENS.get(kernel, {}).get(4)
+    assert lut.cpu_path(w, precise_min - 1, precise=True) == _C.lut_cpu_kernel_name(True)
+    assert lut.cpu_path(w, precise_min, precise=True) == "dense-fp32"
+    assert lut.cpu_path(w, 1) == kernel
+    rule = lut._DENSE_MIN_TOKENS.get((kernel, dense))
+    threshold = None if rule is None else rule(4, 300, 256) if callable(rule) else rule[4]
     if threshold is not None:
-        assert lut.cpu_path(threshold - 1, 4) == kernel and lut.cpu_path(threshold, 4) == "dense"
+        assert lut.cpu_path(w, threshold - 1) == kernel and lut.cpu_path(w, threshold) == dense
     _C.set_isa("scalar")
     try:
-        assert lut.cpu_path(15, 2) == "scalar-int8" and lut.cpu_path(16, 2) == "dense"
+        w2 = _weight(gen, 20, 64, 2, 32, "asym")
+        assert lut.cpu_path(w2, 15) == "scalar-int8" and lut.cpu_path(w2, 16) == "dense-fp32"
     finally:
         _C.set_isa("auto")
-    with pytest.raises(ValueError, match="bits must be in"):
-        lut.cpu_path(4, 5)
+    with pytest.raises(TypeError, match="w must be a LutWeight"):
+        lut.cpu_path(torch.zeros(4, 4), 4)
     with pytest.raises(TypeError, match="n must be an int"):
-        lut.cpu_path(4.0, 2)
+        lut.cpu_path(w, 4.0)
+    with pytest.raises(ValueError, match="n must be"):
+        lut.cpu_path(w, -1)
     with pytest.raises(TypeError, match="precise must be a bool"):
-        lut.cpu_path(4, 2, precise=1)
+        lut.cpu_path(w, 4, precise=1)
+
+
+def test_avx512_bf16_crossover_model():
+    """The fitted model: small-m layers (costly per-token tables) switch early, tiny weights (the dense
+    path's fixed cost) late, 1-2 bit lookups on large layers never (cheaper than a bf16 matmul)."""
+    rule = lut._avx512_bf16_min_tokens
+    assert rule(4, 384, 1536) < rule(4, 4096, 4096) < rule(4, 11008, 4096)
+    assert rule(4, 64, 4096) < rule(4, 128, 256)
+    assert all(rule(b, 384, 1536) < rule(b, 1536, 384) for b in (1, 2, 3, 4))
+    assert rule(1, 11008, 4096) is None and rule(2, 4096, 4096) is None
+    assert all(rule(b, 4096, 4096) is None or rule(b, 4096, 4096) >= rule(b + 1, 4096, 4096) for b in (1, 2, 3))
 
 
 @pytest.fixture
@@ -275,16 +292,20 @@ def small_dense_blocks(monkeypatch):
     monkeypatch.setattr(lut, "_PRECISE_DENSE_MIN_TOKENS", 2)
 
 
+@pytest.mark.parametrize("dense", ["dense-fp32", "dense-bf16"])
 @pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
-def test_dense_path_matches_reference(gen, small_dense_blocks, bits, scheme):
-    _C.set_isa("scalar")  # dense from 16 or 32 tokens for the default mode (_DENSE_MIN_TOKENS)
+def test_dense_path_matches_reference(gen, small_dense_blocks, monkeypatch, dense, bits, scheme):
+    # the scalar kernel's thresholds (16 or 32 tokens) for either dense path, whatever this CPU has
+    monkeypatch.setattr(lut, "_default_dense_path", lambda: dense)
+    monkeypatch.setitem(lut._DENSE_MIN_TOKENS, ("scalar-int8", dense), lut._DENSE_MIN_TOKENS[("scalar-int8", "dense-fp32")])
+    _C.set_isa("scalar")
     try:
         for (m, k), n in [((67, 100), 32), ((40, 257), 33), ((5, 33), 40)]:
             w = _weight(gen, m, k, bits, 32 if k < 128 else 64, scheme)
             for dtype in FLOATS:
                 x = torch.randn(n, k, generator=gen).to(dtype)
                 bias = torch.randn(m, generator=gen).to(dtype)
-                assert lut.cpu_path(n, bits) == "dense"
+                assert lut.cpu_path(w, n) == dense
                 _check_gemm(x, w, bias, lut.lut_gemm(x, w, bias), "cpu", False)
                 for xs in (x, x[::2]):  # precise: dense from 2 tokens, strided x too
                     _check_gemm(xs, w, bias, lut.lut_gemm(xs, w, bias, precise=True), "cpu", True)

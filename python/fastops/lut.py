@@ -14,6 +14,8 @@ Schemes (all weights are `W[m, k]` with group `G = k // group_size`):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -427,45 +429,83 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # ---------------------------------------------------------------------------------------------------
 # The operator: torch.ops.fastops.lut_gemm (custom op, fake, autograd) and fastops.lut_gemm
 # ---------------------------------------------------------------------------------------------------
-# CPU dense path: dequantize a block of rows (transposed, fp32: _C.lut_dequantize), multiply it with
-# torch's dense fp32 matmul into the block's output columns, next block. The lookup kernels' cost
-# grows with tokens x bits, a dense matmul's with tokens only, so the dense path wins for long token
-# batches, in the default mode on the AVX2 and scalar table kernels and in the precise mode (whose
-# kernel dequantizes each tile and multiplies it with fp32 FMAs, ahead up to ~64 tokens).
+# CPU dense path: dequantize a block of rows (transposed: _C.lut_dequantize), multiply it with torch's
+# dense matmul into the block's output columns, next block. The lookup kernels' cost grows with
+# tokens x bits, a dense matmul's with tokens only, so the dense path wins for long token batches.
 # Blocks are large (8 MB) because every switch between fastops' thread pool and torch's costs a
 # hand-over of the cores (smaller, cache-sized blocks measured slower on 2 cores).
+# "dense-fp32" multiplies in float32: the precise mode's (its kernel, FMAs on float32 x, is ahead up to
+# ~64 tokens) and the default mode's on CPUs without native bf16. "dense-bf16" (default mode, CPUs with
+# AVX512_BF16, where oneDNN's bf16 matmul runs ~3x float32's) rounds W, x and the product to bf16 with
+# float32 accumulation: ~1e-3 relative error, inside the default mode's 1e-2 bound.
 _DENSE_BLOCK_BYTES = 8 << 20
 _PRECISE_DENSE_MIN_TOKENS = 96
-# Tokens from which the dense path beats the int8-table kernel, by kernel and bits (timed at N = 1-512
-# on 11008 x 4096 and 4096 x 4096, 2-core Zen 3; bench_lut's N = 256 rows show the q = 4 crossover, the
-# noise on that machine is +-30%). avx512-int8 is absent: its
-# lookups stay ahead of an fp32 matmul per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096).
+# Tokens from which the dense path beats the int8-table kernel, by (kernel, dense path): a table by bits,
+# or a function of (bits, m, k). avx2/scalar with fp32: timed at N = 1-512 on 11008 x 4096 and 4096 x 4096,
+# 2-core Zen 3 (noise +-30%). avx512-int8 with fp32 is absent: its lookups stay ahead of an fp32 matmul
+# per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096). avx2-int8 with bf16 (AVX512_BF16
+# without VBMI: Cooper Lake) is unmeasured and uses the fp32 thresholds, which a faster matmul only
+# makes safer.
+def _avx512_bf16_min_tokens(bits: int, m: int, k: int) -> Optional[int]:
+    """A cost model fitted on 2-core Zen 4 (M = 64-11008, K = 256-4096, N = 8-2048; ps per weight): per
+    token the int8 kernel costs LOOKUP[bits] per weight plus TABLE per K element (the tables it builds
+    per token, shared by all m rows, so small-m layers pay more per weight), the dense path MATMUL per
+    weight, plus DEQUANT per weight and CALL (its fixed cost: buffers, pool hand-overs) once per call.
+    It errs late on small weights (128 x 256 at q = 4: predicts 184 tokens, measured ~80)."""
+    lookup = {1: 3.4, 2: 3.9, 3: 4.8, 4: 5.8}[bits]
+    table, matmul, dequant, call = 3300.0, 5.3, 270.0, 150e6
+    saving = lookup + table / m - matmul  # per weight and token
+    return math.ceil((dequant + call / (m * k)) / saving) if saving > 0 else None
+
+
 _DENSE_MIN_TOKENS = {
-    "avx2-int8": {1: 1024, 2: 512, 3: 512, 4: 256},
-    "scalar-int8": {1: 32, 2: 16, 3: 16, 4: 16},
+    ("avx2-int8", "dense-fp32"): {1: 1024, 2: 512, 3: 512, 4: 256},
+    ("avx2-int8", "dense-bf16"): {1: 1024, 2: 512, 3: 512, 4: 256},
+    ("scalar-int8", "dense-fp32"): {1: 32, 2: 16, 3: 16, 4: 16},
+    ("avx512-int8", "dense-bf16"): _avx512_bf16_min_tokens,
 }
+_DENSE_DTYPES = {"dense-fp32": torch.float32, "dense-bf16": torch.bfloat16}
 
 
-def cpu_path(n: int, bits: int, precise: bool = False) -> str:
-    """Which CPU path lut_gemm takes for n tokens: "dense" (dequantized blocks times torch's fp32
-    matmul) or the kernel's name ("avx2-int8", "avx512-int8", "avx2-dequant-fp32", ...)."""
+@functools.lru_cache(maxsize=None)
+def _cpu_has_bf16() -> bool:
+    return bool(_C.cpu_features()["avx512_bf16"])
+
+
+def _default_dense_path() -> str:
+    """bf16 where the CPU multiplies bf16 natively (and fastops may use AVX-512), float32 elsewhere."""
+    return "dense-bf16" if _cpu_has_bf16() and _C.active_isa() == "avx512" else "dense-fp32"
+
+
+def _cpu_path(n: int, m: int, k: int, bits: int, precise: bool) -> str:
+    if precise:
+        return "dense-fp32" if n >= _PRECISE_DENSE_MIN_TOKENS else _C.lut_cpu_kernel_name(True)
+    kernel = _C.lut_cpu_kernel_name(False)
+    dense = _default_dense_path()
+    rule = _DENSE_MIN_TOKENS.get((kernel, dense))
+    threshold = None if rule is None else rule(bits, m, k) if callable(rule) else rule[bits]
+    return dense if threshold is not None and n >= threshold else kernel
+
+
+def cpu_path(w: LutWeight, n: int, precise: bool = False) -> str:
+    """Which CPU path lut_gemm(x, w) takes for n tokens (rows of x): "dense-fp32" / "dense-bf16"
+    (dequantized blocks times torch's float32 / bf16 matmul) or the kernel's name ("avx2-int8",
+    "avx512-int8", "avx2-dequant-fp32", ...)."""
     op = "cpu_path"
+    if not isinstance(w, LutWeight):
+        raise TypeError(f"{op}: w must be a LutWeight, got {type(w).__name__}")
     check_int(op, "n", n, 0)
-    check_int(op, "bits", bits, 1, 4)
     if not isinstance(precise, bool):
         raise TypeError(f"{op}: precise must be a bool, got {type(precise).__name__}")
-    if precise:
-        return "dense" if n >= _PRECISE_DENSE_MIN_TOKENS else _C.lut_cpu_kernel_name(True)
-    kernel = _C.lut_cpu_kernel_name(False)
-    threshold = _DENSE_MIN_TOKENS.get(kernel, {}).get(bits)
-    return "dense" if threshold is not None and n >= threshold else kernel
+    return _cpu_path(n, w.shape[0], w.shape[1], w.bits, precise)
 
 
-def _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
+def _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme, dtype=torch.float32):
     """Yields (r0, w_t) for consecutive row blocks of the CPU weight: w_t[k, rows] = W[r0:r0 + rows].T in
-    float32, a view of one buffer that the next block overwrites."""
-    cols = max(16, _DENSE_BLOCK_BYTES // (4 * max(k, 1)) // 16 * 16)
-    block = torch.empty((k, min(cols, _ceil_div(m, 16) * 16)), dtype=torch.float32)
+    dtype (float32 or bfloat16), a view of one buffer that the next block overwrites."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    cols = max(16, _DENSE_BLOCK_BYTES // (elem * max(k, 1)) // 16 * 16)
+    block = torch.empty((k, min(cols, _ceil_div(m, 16) * 16)), dtype=dtype)
     nthreads = num_threads()
     for r0 in range(0, m, cols):
         rows = min(cols, m - r0)
@@ -474,17 +514,23 @@ def _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
         yield r0, w_t[:, :rows]
 
 
-def _lut_gemm_dense_cpu(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme):
-    xf = x2.to(torch.float32)
-    out = y if y.dtype == torch.float32 else torch.empty(y.shape, dtype=torch.float32)
-    for r0, w_t in _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme):
+def _lut_gemm_dense_cpu(path, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme):
+    dtype = _DENSE_DTYPES[path]
+    xc = x2.to(dtype)
+    direct = y.dtype == dtype  # else the product goes to a buffer, then y (torch's CPU mm has no out_dtype)
+    out = y if direct else torch.empty(y.shape, dtype=dtype)
+    # The bias joins the matmul unless that would round it to bf16 for a more precise y.
+    bias_in_mm = bias is not None and (direct or dtype == torch.float32)
+    for r0, w_t in _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme, dtype):
         cols = slice(r0, r0 + w_t.shape[1])
-        if bias is None:
-            torch.mm(xf, w_t, out=out[:, cols])
+        if bias_in_mm:
+            torch.addmm(bias[cols].to(dtype), xc, w_t, out=out[:, cols])
         else:
-            torch.addmm(bias[cols].to(torch.float32), xf, w_t, out=out[:, cols])
-    if out is not y:
+            torch.mm(xc, w_t, out=out[:, cols])
+    if not direct:
         y.copy_(out)
+    if bias is not None and not bias_in_mm:
+        y.add_(bias)
 
 
 @torch.library.custom_op("fastops::lut_gemm", mutates_args=(), device_types=("cpu", "cuda"))
@@ -500,8 +546,8 @@ def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, ze
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device) if nbytes else None
             call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
                    stream=cuda_stream(x.device), workspace=workspace)
-    elif cpu_path(x2.shape[0], bits, precise) == "dense":
-        _lut_gemm_dense_cpu(x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme)
+    elif (path := _cpu_path(x2.shape[0], m, k, bits, precise)).startswith("dense"):
+        _lut_gemm_dense_cpu(path, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme)
     else:
         call_c(_C.lut_gemm, x2, planes, scales, zeros, bias, y, m, k, bits, group_size, scheme, precise,
                nthreads=num_threads())
@@ -556,11 +602,12 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
     """y = x @ w.dequantize().T (+ bias) for x[..., K] in float32/float16/bfloat16 on CPU or CUDA.
 
     Accumulates in float32 and returns x's dtype. On the CPU the default looks up int8-quantized tables
-    (relative error <= 1e-2 on normal data) up to a kernel- and bits-dependent number of tokens, from which
-    the dense path (dequantized row blocks times torch's float32 matmul) is faster; `precise=True` matches
+    (relative error <= 1e-2 on normal data) up to a number of tokens that depends on the kernel, bits and
+    m, from which the dense path (dequantized row blocks times torch's matmul: bf16 on CPUs with
+    AVX512_BF16, float32 elsewhere) is faster; `precise=True` matches
     the dequantized reference to float32 round-off (dequantized tiles times float32 x; dense path from
     96 tokens).
-    `fastops.lut.cpu_path(n, bits, precise)` says which path n tokens take. Differentiable with respect
+    `fastops.lut.cpu_path(w, n, precise)` says which path n tokens take. Differentiable with respect
     to x (and bias).
     """
     op = "lut_gemm"
