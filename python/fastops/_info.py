@@ -23,6 +23,7 @@ def _cuda_devices() -> tuple[list, str]:
 
 def info() -> dict:
     devices, cuda_note = _cuda_devices()
+    from .lut import _default_dense_path as _lut_default_dense_path
     return {
         "version": _C.__version__,
         "built_with_cuda": bool(_C.built_with_cuda),
@@ -37,6 +38,7 @@ def info() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "kernels": {"lut_gemm (cpu)": _C.lut_cpu_kernel_name(False),
                     "lut_gemm (cpu, precise)": _C.lut_cpu_kernel_name(True),
+                    "lut_gemm (cpu, long batches)": _lut_default_dense_path(),
                     "bitgemm W4A8 (cpu, 1 / 256 rows)": ", ".join(_C.bitgemm_cpu_kernel_name(m, 8, 4) for m in (1, 256)),
                     "spmm (cpu)": _C.sparse_cpu_kernel_name(),
                     "so3 tensor product (cpu)": _C.so3_cpu_kernel_name()},

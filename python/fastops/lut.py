@@ -437,7 +437,8 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # "dense-fp32" multiplies in float32: the precise mode's (its kernel, FMAs on float32 x, is ahead up to
 # ~64 tokens) and the default mode's on CPUs without native bf16. "dense-bf16" (default mode, CPUs with
 # AVX512_BF16, where oneDNN's bf16 matmul runs ~3x float32's) rounds W, x and the product to bf16 with
-# float32 accumulation: ~1e-3 relative error, inside the default mode's 1e-2 bound.
+# float32 accumulation: 2-3e-3 relative error on normal data (the int8 tables: 1.6-6e-3), inside the
+# default mode's 1e-2 bound.
 _DENSE_BLOCK_BYTES = 8 << 20
 _PRECISE_DENSE_MIN_TOKENS = 96
 # Tokens from which the dense path beats the int8-table kernel, by (kernel, dense path): a table by bits,
@@ -603,7 +604,7 @@ def lut_gemm(x: torch.Tensor, w: LutWeight, bias: Optional[torch.Tensor] = None,
 
     Accumulates in float32 and returns x's dtype. On the CPU the default looks up int8-quantized tables
     (relative error <= 1e-2 on normal data) up to a number of tokens that depends on the kernel, bits and
-    m, from which the dense path (dequantized row blocks times torch's matmul: bf16 on CPUs with
+    shape, from which the dense path (dequantized row blocks times torch's matmul: bf16 on CPUs with
     AVX512_BF16, float32 elsewhere) is faster; `precise=True` matches
     the dequantized reference to float32 round-off (dequantized tiles times float32 x; dense path from
     96 tokens).
