@@ -92,3 +92,87 @@ def test_cuda_kernel_index_math_on_cpu(family):
     """The CUDA kernels' layout / fragment / bank / vector-split math, checked on the host (no GPU needed)."""
     failures, report = getattr(_C, f"_{family}_cuda_layout_selftest")()
     assert failures == 0, report
+
+
+# ---------------------------------------------------------------------------------------------------
+# _core.CustomOp: plain eager calls skip torch's dispatcher, everything else goes through it
+# ---------------------------------------------------------------------------------------------------
+@fastops._core.custom_op("fastops_test::scale_into", mutates_args=("out",))
+def _scale_into(x: torch.Tensor, out: torch.Tensor, factor: float) -> torch.Tensor:
+    out.copy_(x * factor)
+    return x * factor
+
+
+@_scale_into.register_fake
+def _(x, out, factor):
+    return torch.empty_like(x)
+
+
+@fastops._core.custom_op("fastops_test::scale")
+def _scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x * factor
+
+
+@_scale.register_fake
+def _(x, factor):
+    return torch.empty_like(x)
+
+
+def _route(op, *args, **kwargs) -> str:
+    """Which way op(*args) went: "direct" (its implementation) or "dispatcher"."""
+    calls = []
+    real_impl = op._impl
+    op._impl = lambda *a: (calls.append("direct"), real_impl(*a))[1]
+    try:
+        op(*args, **kwargs)
+    finally:
+        op._impl = real_impl
+    return calls[0] if calls else "dispatcher"
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+class _PassThroughMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_custom_op_direct_call_only_when_nothing_needs_the_dispatcher():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, out = torch.randn(4), torch.empty(4)
+    assert _route(_scale_into, x, out, 2.0) == "direct"
+    torch.testing.assert_close(out, 2 * x)
+    xg = x.clone().requires_grad_()
+    assert _route(_scale_into, xg, out, 2.0) == "dispatcher"  # autograd records
+    with torch.no_grad():
+        assert _route(_scale_into, xg, out, 2.0) == "direct"
+    with torch.inference_mode():
+        assert _route(_scale_into, x, out, 2.0) == "direct"
+    assert _route(_scale_into, x, out, factor=2.0) == "dispatcher"
+    assert _route(_scale_into, x.as_subclass(_Subclass), out, 2.0) == "dispatcher"
+    assert _route(_scale_into, x.to("meta"), out.to("meta"), 2.0) == "dispatcher"
+    with FakeTensorMode():
+        fx, fout = torch.empty(4), torch.empty(4)
+        assert _route(_scale_into, fx, fout, 2.0) == "dispatcher"
+    with _PassThroughMode():
+        assert _route(_scale_into, x, out, 2.0) == "dispatcher"
+    routes = []
+    torch.func.vmap(lambda v: routes.append(_route(_scale, v, 2.0)) or v)(torch.randn(3, 4))
+    assert routes == ["dispatcher"]
+
+
+def test_custom_op_direct_call_bumps_mutated_versions():
+    x, out = torch.randn(4), torch.empty(4)
+    before = out._version
+    assert _route(_scale_into, x, out, 3.0) == "direct"
+    assert out._version > before and x._version == 0
+
+
+def test_custom_op_compiles_through_the_dispatcher():
+    x, out = torch.randn(4), torch.empty(4)
+    compiled = torch.compile(lambda a, b: _scale_into(a, b, 2.0), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, out), 2 * x)
+    torch.testing.assert_close(out, 2 * x)

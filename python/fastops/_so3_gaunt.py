@@ -22,7 +22,7 @@ import torch
 
 from . import _C
 from . import _gaunt_programs as gp
-from ._core import call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
+from ._core import call_c, custom_op, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
 from ._so3_math import Irreps, wigner_3j
 
 _REAL = (torch.float32, torch.float64)
@@ -82,7 +82,7 @@ def _grid_for(method: str, l1: int, l2: int, l3: int, n_beta: int, n_alpha: int)
     return (n_beta, n_alpha) if method == "grid" else gp.minimal_grid(l1, l2, l3)
 
 
-@torch.library.custom_op("fastops::gaunt_tp", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::gaunt_tp")
 def _gaunt_op(x1: torch.Tensor, x2: torch.Tensor, l1: int, l2: int, l3: int, method: str, n_beta: int,
               n_alpha: int) -> torch.Tensor:
     x1, x2 = contiguous_last_dim(x1), contiguous_last_dim(x2)
@@ -414,7 +414,7 @@ def _fitted(lmax: int, rank: int, seed: int, tol: float, max_iter: int, progress
     return fit_cp(cp_reference_tensor(lmax), rank, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
 
 
-@torch.library.custom_op("fastops::cp_tp", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::cp_tp")
 def _cp_op(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,
            f3: torch.Tensor) -> torch.Tensor:
     x = contiguous_last_dim(x)

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device,
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, custom_op, check_device_usable, check_dtype, check_int, check_same_device,
                     check_tensor, cuda_stream, num_threads)
 
 __all__ = ["BitPacked", "pack", "quantize_pack", "gemm", "gemm_scaled", "cpu_kernel_name", "FORMATS", "METHODS"]
@@ -276,7 +276,7 @@ def pack(x_int: torch.Tensor, bits: int, fmt: str = "signed", zero_point=None) -
 # ---------------------------------------------------------------------------------------------------
 # quantize_pack: torch.ops.fastops.bitgemm_quantize_pack
 # ---------------------------------------------------------------------------------------------------
-@torch.library.custom_op("fastops::bitgemm_quantize_pack", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::bitgemm_quantize_pack")
 def _quantize_pack_op(x: torch.Tensor, bits: int, fmt: int, per_tensor: bool) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, k = x.shape
@@ -344,7 +344,7 @@ def _run_gemm(a_planes, a_offset, a_rowsum, a_bits, a_fmt, w_planes, w_offset, w
     return out
 
 
-@torch.library.custom_op("fastops::bitgemm_gemm", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::bitgemm_gemm")
 def _gemm_op(a_planes: torch.Tensor, a_offset: torch.Tensor, a_rowsum: torch.Tensor, a_bits: int, a_fmt: int,
              w_planes: torch.Tensor, w_offset: torch.Tensor, w_rowsum: torch.Tensor, w_bits: int, w_fmt: int,
              k: int, method: str) -> torch.Tensor:
@@ -358,7 +358,7 @@ def _(a_planes, a_offset, a_rowsum, a_bits, a_fmt, w_planes, w_offset, w_rowsum,
     return a_planes.new_empty((a_planes.shape[1], w_planes.shape[1]), dtype=torch.int32)
 
 
-@torch.library.custom_op("fastops::bitgemm_gemm_scaled", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::bitgemm_gemm_scaled")
 def _gemm_scaled_op(a_planes: torch.Tensor, a_offset: torch.Tensor, a_rowsum: torch.Tensor, a_bits: int, a_fmt: int,
                     w_planes: torch.Tensor, w_offset: torch.Tensor, w_rowsum: torch.Tensor, w_bits: int, w_fmt: int,
                     k: int, a_scale: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],

@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype, check_finite,
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, custom_op, check_device_usable, check_dtype, check_finite,
                     check_int, check_same_device, check_shape, check_tensor, cuda_stream, linear_targets, num_threads,
                     replace_linears)
 
@@ -534,7 +534,7 @@ def _lut_gemm_dense_cpu(path, x2, planes, scales, zeros, bias, y, m, k, bits, gr
         y.add_(bias)
 
 
-@torch.library.custom_op("fastops::lut_gemm", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::lut_gemm")
 def _lut_gemm_op(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  bias: Optional[torch.Tensor], m: int, k: int, bits: int, group_size: int, scheme: int,
                  precise: bool) -> torch.Tensor:
@@ -568,7 +568,7 @@ def _lut_gemm_setup(ctx, inputs, output):
     ctx.bias_needs_grad = bias is not None and bias.requires_grad
 
 
-@torch.library.custom_op("fastops::lut_gemm_grad_x", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::lut_gemm_grad_x")
 def _lut_gemm_grad_x_op(grad: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                         m: int, k: int, bits: int, group_size: int, scheme: int) -> torch.Tensor:
     """dx = dy @ W for frozen weights, W dequantized on the fly (block by block on the CPU)."""

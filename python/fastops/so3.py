@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import _C
-from ._core import call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
+from ._core import call_c, custom_op, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
 from ._so3_math import (Irrep, Irreps, angles_to_matrix, matrix_to_angles, rand_matrix, spherical_harmonics,
                         wigner_3j, wigner_D)
 
@@ -253,7 +253,7 @@ def _run_backward(plan: TPPlan, x1, x2, weight, x1_index, out_index, x1_order, g
 # x2[t], weight[t] or weight). out_order sorts the samples by output row, x1_order by x1 row (for the
 # deterministic reductions of the forward and of grad_x1).
 
-@torch.library.custom_op("fastops::so3_tp", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::so3_tp")
 def _tp_op(x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor], x1_index: Optional[torch.Tensor],
            out_index: Optional[torch.Tensor], out_order: Optional[torch.Tensor], x1_order: Optional[torch.Tensor],
            out_rows: int, plan_id: int, deterministic: bool) -> torch.Tensor:
@@ -265,7 +265,7 @@ def _(x1, x2, weight, x1_index, out_index, out_order, x1_order, out_rows, plan_i
     return x1.new_empty((out_rows, _PLANS[plan_id].irreps_out.dim))
 
 
-@torch.library.custom_op("fastops::so3_tp_backward", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::so3_tp_backward")
 def _tp_backward_op(x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor],
                     x1_index: Optional[torch.Tensor], out_index: Optional[torch.Tensor],
                     out_order: Optional[torch.Tensor], x1_order: Optional[torch.Tensor], grad_out: torch.Tensor,

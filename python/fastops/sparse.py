@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype,
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, custom_op, check_device_usable, check_dtype,
                     check_same_device, check_shape, check_tensor, cuda_stream, num_threads, replace_linears)
 
 __all__ = ["SparseWeight", "pack", "spmm", "from_sparse_bitmask", "to_sparse_bitmask", "magnitude_prune",
@@ -311,7 +311,7 @@ def to_sparse_bitmask(w: SparseWeight) -> dict:
             "row_offsets": counts.cumsum(0) - counts}
 
 
-@torch.library.custom_op("fastops::sparse_to_dense", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::sparse_to_dense")
 def _to_dense_op(masks: torch.Tensor, values: torch.Tensor, strip_offsets: torch.Tensor, chunk_offsets: torch.Tensor,
                  m: int, k: int) -> torch.Tensor:
     if masks.device.type == "cpu":  # C++, multi-threaded over strips
@@ -330,7 +330,7 @@ def _(masks, values, strip_offsets, chunk_offsets, m, k):
 # ---------------------------------------------------------------------------------------------------
 # The operator: torch.ops.fastops.spmm (custom op, fake, autograd) and fastops.spmm
 # ---------------------------------------------------------------------------------------------------
-@torch.library.custom_op("fastops::spmm", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::spmm")
 def _spmm_op(x: torch.Tensor, masks: torch.Tensor, values: torch.Tensor, strip_offsets: torch.Tensor,
              chunk_offsets: torch.Tensor, bias: Optional[torch.Tensor], m: int, k: int) -> torch.Tensor:
     x2 = x.detach().reshape(-1, k)  # a view unless the leading dims cannot be flattened

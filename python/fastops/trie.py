@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._core import (FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
+from ._core import (FLOAT_DTYPES, call_c, custom_op, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
                     cuda_stream, num_threads)
 
 __all__ = ["CSRTrie", "build_trie", "beam_search", "TrieLogitsProcessor", "MODES", "LAYOUT"]
@@ -48,7 +48,7 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-@torch.library.custom_op("fastops::trie_mask_", mutates_args=("logits",), device_types=("cpu", "cuda"))
+@custom_op("fastops::trie_mask_", mutates_args=("logits",))
 def _mask_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torch.Tensor], rows_per_mask: int,
              node_ids: torch.Tensor, logits: torch.Tensor) -> None:
     with _on_device(logits):
@@ -60,7 +60,7 @@ def _(indptr, tokens, alive, rows_per_mask, node_ids, logits):
     return None
 
 
-@torch.library.custom_op("fastops::trie_bitmask", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::trie_bitmask")
 def _bitmask_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torch.Tensor], rows_per_mask: int,
                 node_ids: torch.Tensor, vocab: int) -> torch.Tensor:
     out = torch.empty((node_ids.shape[0], (vocab + 31) // 32), dtype=torch.int32, device=node_ids.device)
@@ -74,7 +74,7 @@ def _(indptr, tokens, alive, rows_per_mask, node_ids, vocab):
     return node_ids.new_empty((node_ids.shape[0], (vocab + 31) // 32), dtype=torch.int32)
 
 
-@torch.library.custom_op("fastops::trie_candidates", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::trie_candidates")
 def _candidates_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torch.Tensor], rows_per_mask: int,
                    node_ids: torch.Tensor, logits: torch.Tensor, k: int,
                    log_softmax: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,7 +95,7 @@ def _(indptr, tokens, alive, rows_per_mask, node_ids, logits, k, log_softmax):
             node_ids.new_empty((rows, k)))
 
 
-@torch.library.custom_op("fastops::trie_advance", mutates_args=(), device_types=("cpu", "cuda"))
+@custom_op("fastops::trie_advance")
 def _advance_op(indptr: torch.Tensor, tokens: torch.Tensor, alive: Optional[torch.Tensor], rows_per_mask: int,
                 node_ids: torch.Tensor, step_tokens: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(node_ids)
