@@ -21,6 +21,9 @@ namespace bitgemm {
 namespace detail {
 namespace {
 
+// The popcount tile prefetches each W plane-row this far ahead into L2: the hardware prefetcher stops
+// at 4 KiB pages (bitgemm_cpu_avx512.cpp has the measurements).
+constexpr uintptr_t kPrefetchBytes = 16384;
 constexpr int kPopRowsA = 2, kPopRowsW = 4;  // popcount tile: 8 accumulators + 6 operands of 16 ymm
 constexpr int kPopTile = kPopRowsA * kPopRowsW;
 constexpr int kDotRowsU = 2, kDotRowsS = 4;  // 8 (+ 8 int16) accumulators + 3 operands
@@ -62,6 +65,9 @@ void popcount_tile_avx2(const uint32_t* const* a, const uint32_t* const* w, int6
       __m256i av[kPopRowsA];
       for (int i = 0; i < kPopRowsA; ++i) av[i] = load(a[i] + 8 * v);
       for (int j = 0; j < kPopRowsW; ++j) {
+        if (v % 2 == 0)  // one hint per 64-byte line; integer address math: it may point past the array
+          _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w[j] + 8 * v) + kPrefetchBytes),
+                       _MM_HINT_T1);
         const __m256i wv = load(w[j] + 8 * v);
         for (int i = 0; i < kPopRowsA; ++i) {
           const __m256i x = _mm256_and_si256(av[i], wv);
