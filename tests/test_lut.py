@@ -254,7 +254,7 @@ def test_cpu_path_choice(gen):
     assert lut.cpu_path(w, precise_min, precise=True) == "dense-fp32"
     assert lut.cpu_path(w, 1) == kernel
     rule = lut._DENSE_MIN_TOKENS.get((kernel, dense))
-    threshold = None if rule is None else rule(4, 300, 256) if callable(rule) else rule[4]
+    threshold = rule(4, 300, 256) if rule else None
     if threshold is not None:
         assert lut.cpu_path(w, threshold - 1) == kernel and lut.cpu_path(w, threshold) == dense
     _C.set_isa("scalar")
@@ -297,7 +297,8 @@ def small_dense_blocks(monkeypatch):
 def test_dense_path_matches_reference(gen, small_dense_blocks, monkeypatch, dense, bits, scheme):
     # the scalar kernel's thresholds (16 or 32 tokens) for either dense path, whatever this CPU has
     monkeypatch.setattr(lut, "_default_dense_path", lambda: dense)
-    monkeypatch.setitem(lut._DENSE_MIN_TOKENS, ("scalar-int8", dense), lut._DENSE_MIN_TOKENS[("scalar-int8", "dense-fp32")])
+    scalar_rule = lut._DENSE_MIN_TOKENS[("scalar-int8", "dense-fp32")]
+    monkeypatch.setitem(lut._DENSE_MIN_TOKENS, ("scalar-int8", dense), scalar_rule)
     _C.set_isa("scalar")
     try:
         for (m, k), n in [((67, 100), 32), ((40, 257), 33), ((5, 33), 40)]:

@@ -81,8 +81,8 @@ __attribute__((always_inline)) inline void store_sums(const __m512i* acc, uint32
 
 // The tiles prefetch each W plane-row this far ahead into L2 (the next rows' bits: rows of a plane are
 // contiguous): the hardware prefetcher stops at 4 KiB pages, which left decode (M = 1, W streamed
-// once) at 52-58% of the read roofline for W1A1 / W2A2 on Zen 4 (11008 x 4096; 71% / 91% with it,
-// no change at 4096^3, where W is reused from cache). As in the LUT kernel (lut_cpu_avx512.cpp).
+// once) at 38-74% of the read roofline for A <= 4 on Zen 4 (11008 x 4096; 64-102% with it in
+// bench_bitgemm; no change at 4096^3, where W is reused from cache). As in the LUT kernel.
 constexpr uintptr_t kPrefetchBytes = 16384;
 
 // Both tiles: 24 accumulators + 4 + 1 operand vectors of the 32 zmm registers.

@@ -109,10 +109,10 @@ class CustomOp:
 
     The dispatcher still runs whenever something may need it: under torch.compile or jit tracing,
     a dispatch or function mode (FakeTensorMode, ...), a functorch transform (vmap, grad), for tensor
-    subclasses, tensors on other devices than CPU and CUDA, keyword arguments, and whenever autograd
-    records (grad mode on and a tensor argument requiring grad), and for list or tuple arguments. A direct call bumps the version
-    counter of each mutated argument, as the dispatcher does. Everything else (register_fake,
-    register_autograd, ...) is the custom op's."""
+    subclasses, tensors on other devices than CPU and CUDA, keyword, list or tuple arguments, and
+    whenever autograd records (grad mode on and a tensor argument requiring grad). A direct call bumps
+    the version counter of each mutated argument, as the dispatcher does. Everything else
+    (register_fake, register_autograd, ...) is the custom op's."""
 
     _tensor = torch.Tensor
     _checks = (torch._C._len_torch_dispatch_stack, torch._C._is_torch_function_mode_enabled, torch._C._is_tracing)

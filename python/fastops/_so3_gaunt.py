@@ -22,7 +22,8 @@ import torch
 
 from . import _C
 from . import _gaunt_programs as gp
-from ._core import call_c, custom_op, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
+from ._core import (call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, custom_op,
+                    num_threads)
 from ._so3_math import Irreps, wigner_3j
 
 _REAL = (torch.float32, torch.float64)

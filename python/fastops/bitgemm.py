@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, custom_op, check_device_usable, check_dtype, check_int, check_same_device,
-                    check_tensor, cuda_stream, num_threads)
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device,
+                    check_tensor, cuda_stream, custom_op, num_threads)
 
 __all__ = ["BitPacked", "pack", "quantize_pack", "gemm", "gemm_scaled", "cpu_kernel_name", "FORMATS", "METHODS"]
 

@@ -17,14 +17,14 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, custom_op, check_device_usable, check_dtype, check_finite,
-                    check_int, check_same_device, check_shape, check_tensor, cuda_stream, linear_targets, num_threads,
-                    replace_linears)
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype, check_finite,
+                    check_int, check_same_device, check_shape, check_tensor, cuda_stream, custom_op, linear_targets,
+                    num_threads, replace_linears)
 
 __all__ = ["LutWeight", "quantize", "pack", "lut_gemm", "cpu_path", "quantize_model", "gptq_quantize", "hqq_quantize",
            "SCHEMES", "METHODS"]
@@ -441,8 +441,8 @@ def pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tens
 # default mode's 1e-2 bound.
 _DENSE_BLOCK_BYTES = 8 << 20
 _PRECISE_DENSE_MIN_TOKENS = 96
-# Tokens from which the dense path beats the int8-table kernel, by (kernel, dense path): a table by bits,
-# or a function of (bits, m, k). avx2/scalar with fp32: timed at N = 1-512 on 11008 x 4096 and 4096 x 4096,
+# Tokens from which the dense path beats the int8-table kernel, by (kernel, dense path): a rule
+# (bits, m, k) -> tokens, None for never. avx2/scalar with fp32: timed at N = 1-512 on 11008 x 4096 and 4096 x 4096,
 # 2-core Zen 3 (noise +-30%). avx512-int8 with fp32 is absent: its lookups stay ahead of an fp32 matmul
 # per token (Zen 4: 0.27 vs 0.45 ms per token at q = 4, 11008 x 4096). avx2-int8 with bf16 (AVX512_BF16
 # without VBMI: Cooper Lake) is unmeasured and uses the fp32 thresholds, which a faster matmul only
@@ -459,10 +459,16 @@ def _avx512_bf16_min_tokens(bits: int, m: int, k: int) -> Optional[int]:
     return math.ceil((dequant + call / (m * k)) / saving) if saving > 0 else None
 
 
+def _by_bits(table: dict) -> Callable[[int, int, int], Optional[int]]:
+    """A threshold rule (bits, m, k) -> tokens that depends on the bits only."""
+    return lambda bits, m, k: table[bits]
+
+
+_AVX2_FP32_MIN_TOKENS = _by_bits({1: 1024, 2: 512, 3: 512, 4: 256})
 _DENSE_MIN_TOKENS = {
-    ("avx2-int8", "dense-fp32"): {1: 1024, 2: 512, 3: 512, 4: 256},
-    ("avx2-int8", "dense-bf16"): {1: 1024, 2: 512, 3: 512, 4: 256},
-    ("scalar-int8", "dense-fp32"): {1: 32, 2: 16, 3: 16, 4: 16},
+    ("avx2-int8", "dense-fp32"): _AVX2_FP32_MIN_TOKENS,
+    ("avx2-int8", "dense-bf16"): _AVX2_FP32_MIN_TOKENS,
+    ("scalar-int8", "dense-fp32"): _by_bits({1: 32, 2: 16, 3: 16, 4: 16}),
     ("avx512-int8", "dense-bf16"): _avx512_bf16_min_tokens,
 }
 _DENSE_DTYPES = {"dense-fp32": torch.float32, "dense-bf16": torch.bfloat16}
@@ -484,7 +490,7 @@ def _cpu_path(n: int, m: int, k: int, bits: int, precise: bool) -> str:
     kernel = _C.lut_cpu_kernel_name(False)
     dense = _default_dense_path()
     rule = _DENSE_MIN_TOKENS.get((kernel, dense))
-    threshold = None if rule is None else rule(bits, m, k) if callable(rule) else rule[bits]
+    threshold = rule(bits, m, k) if rule else None
     return dense if threshold is not None and n >= threshold else kernel
 
 
@@ -504,8 +510,7 @@ def cpu_path(w: LutWeight, n: int, precise: bool = False) -> str:
 def _dequantized_blocks(planes, scales, zeros, m, k, bits, group_size, scheme, dtype=torch.float32):
     """Yields (r0, w_t) for consecutive row blocks of the CPU weight: w_t[k, rows] = W[r0:r0 + rows].T in
     dtype (float32 or bfloat16), a view of one buffer that the next block overwrites."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    cols = max(16, _DENSE_BLOCK_BYTES // (elem * max(k, 1)) // 16 * 16)
+    cols = max(16, _DENSE_BLOCK_BYTES // (dtype.itemsize * max(k, 1)) // 16 * 16)
     block = torch.empty((k, min(cols, _ceil_div(m, 16) * 16)), dtype=dtype)
     nthreads = num_threads()
     for r0 in range(0, m, cols):

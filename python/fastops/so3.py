@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import _C
-from ._core import call_c, custom_op, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, num_threads
+from ._core import (call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, custom_op,
+                    num_threads)
 from ._so3_math import (Irrep, Irreps, angles_to_matrix, matrix_to_angles, rand_matrix, spherical_harmonics,
                         wigner_3j, wigner_D)
 

@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, custom_op, check_device_usable, check_dtype,
-                    check_same_device, check_shape, check_tensor, cuda_stream, num_threads, replace_linears)
+from ._core import (DTYPE_CODE, FLOAT_DTYPES, SkipSpec, call_c, check_device_usable, check_dtype, check_same_device,
+                    check_shape, check_tensor, cuda_stream, custom_op, num_threads, replace_linears)
 
 __all__ = ["SparseWeight", "pack", "spmm", "from_sparse_bitmask", "to_sparse_bitmask", "magnitude_prune",
            "sparsify_model", "SparsityWarning"]

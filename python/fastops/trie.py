@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from . import _C
-from ._core import (FLOAT_DTYPES, call_c, custom_op, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
-                    cuda_stream, num_threads)
+from ._core import (FLOAT_DTYPES, call_c, check_device_usable, check_dtype, check_int, check_same_device, check_tensor,
+                    cuda_stream, custom_op, num_threads)
 
 __all__ = ["CSRTrie", "build_trie", "beam_search", "TrieLogitsProcessor", "MODES", "LAYOUT"]
 
