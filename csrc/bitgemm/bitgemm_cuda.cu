@@ -1019,7 +1019,9 @@ GemmArgs make_args(const GemmProblem& p, const Plan& plan, void* workspace) {
 template <typename Kernel>
 void launch_gemm_kernel(Kernel kernel, const char* name, const Plan& plan, int threads, const GemmArgs& args,
                         cudaStream_t stream) {
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(plan.smem)), name);
+  if (int64_t(plan.smem) > dynamic_smem_limit(reinterpret_cast<const void*>(kernel), name))
+    throw std::runtime_error(std::string("fastops: bitgemm ") + name + " needs " + std::to_string(plan.smem) +
+                             " bytes of shared memory per block, more than this GPU allows");
   const dim3 grid(unsigned(plan.tiles_x * plan.tiles_y), unsigned(plan.split.splits));
   kernel<<<grid, threads, plan.smem, stream>>>(args);
   check_launch(name);

@@ -36,6 +36,12 @@ inline int current_device_sm_count() {
   return sms;
 }
 
+// The most dynamic shared memory `kernel` may use per block on the current device (the opt-in maximum less
+// the kernel's static shared memory), its limit raised to that once per (device, kernel). Raising it once
+// to the maximum, not per launch to each launch's size, keeps host threads that launch the same kernel with
+// different sizes from lowering the limit under one another's launches. Thread-safe.
+int dynamic_smem_limit(const void* kernel, const char* name);
+
 }  // namespace fastops
 
 #define FASTOPS_CUDA_CHECK(call) ::fastops::check_cuda((call), #call)

@@ -16,8 +16,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <map>
-#include <mutex>
 #include <string>
 #include <utility>
 
@@ -236,41 +234,12 @@ auto pick_kernel(int nc) {
   }
 }
 
-std::mutex g_device_mutex;
-
-int current_device() {
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  return device;
-}
-
-// Opt-in shared memory per block of the current device, queried once per device; the first launch of a
-// kernel on a device raises its dynamic shared-memory limit to it.
-int64_t prepare_kernel(const void* kernel, const char* name) {
-  const int device = current_device();
-  static std::map<int, int> optin;
-  static std::map<std::pair<int, const void*>, bool> raised;
-  std::lock_guard<std::mutex> lock(g_device_mutex);
-  auto it = optin.find(device);
-  if (it == optin.end()) {
-    int bytes = 0;
-    check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-    it = optin.emplace(device, bytes).first;
-  }
-  if (!raised[{device, kernel}]) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, it->second), name);
-    raised[{device, kernel}] = true;
-  }
-  return it->second;
-}
-
 template <class T, bool kGrouped>
 void launch_dense(DenseArgs<T>& a, cudaStream_t stream, const char* op) {
   using C = DenseConfig<int(sizeof(T))>;
   const char* name = kGrouped ? "cp_forward_kernel" : "gaunt_dense_kernel";
   const auto kernel = pick_kernel<T, kGrouped>(col_groups(a.dim_out));
-  const int64_t optin = prepare_kernel(reinterpret_cast<const void*>(kernel), name);
+  const int64_t optin = dynamic_smem_limit(reinterpret_cast<const void*>(kernel), name);
   const int64_t gs = a.map.group_size;
   const int kc = choose_k_chunk<C>(int(sizeof(T)), a.dim1, a.dim2, a.dim_out, kGrouped, gs, optin);
   if (kc == 0)

@@ -578,16 +578,9 @@ int device_sm_count() { return device_facts().sm_count; }
 // first use on each device), memoized per (device, kernel, threads, bytes).
 int blocks_per_sm(const void* kernel, int threads, int64_t smem, const char* name) {
   const int device = current_device();
-  static std::map<std::pair<int, const void*>, bool> raised;
+  dynamic_smem_limit(kernel, name);
   static std::map<std::tuple<int, const void*, int, int64_t>, int> occupancy;
   std::lock_guard<std::mutex> lock(g_facts_mutex);
-  if (!raised[{device, kernel}]) {
-    int optin = 0;
-    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin), name);
-    raised[{device, kernel}] = true;
-  }
   const auto key = std::make_tuple(device, kernel, threads, smem);
   auto it = occupancy.find(key);
   if (it != occupancy.end()) return it->second;

@@ -486,6 +486,7 @@ void validate_spmm(const SpmmProblem& p) {
   if (w.k == 0) return;
   if (p.x == nullptr || !aligned(p.x, esz)) bad_argument(fn, "x must be a non-null, element-aligned pointer");
   if (p.n > 1 && p.x_stride < w.k) bad_argument(fn, "x_stride must be >= k");
+  if (w.k > 1 && p.x_col_stride != 1) bad_argument(fn, "x must have unit column stride");
   if (w.masks == nullptr || !aligned(w.masks, 4) || w.chunk_offsets == nullptr || !aligned(w.chunk_offsets, 4))
     bad_argument(fn, "null or misaligned masks / chunk_offsets");
   if (w.values == nullptr || !aligned(w.values, esz))
@@ -496,23 +497,14 @@ SpmmPlan spmm_plan(const SpmmProblem& p) {
   return make_spmm_plan(p.w.m, p.w.k, p.n, current_device_sm_count(), elem_bytes(p.w.dtype));
 }
 
-int smem_optin_bytes() {
-  int device = 0, bytes = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  return bytes;
-}
-
 template <DType D, int NT>
 void launch_spmm(const SpmmArgs& args, cudaStream_t stream) {
   const char* name = D == DType::f32 ? "spmm_simt_kernel" : "spmm_mma_kernel";
   const auto kernel = spmm_kernel<D, NT>;
   constexpr int smem = smem_bytes(kElemBytes<D>, NT);
-  if (smem > smem_optin_bytes())
+  if (smem > dynamic_smem_limit(reinterpret_cast<const void*>(kernel), name))
     throw std::runtime_error(std::string("fastops: sparse ") + name + " needs " + std::to_string(smem) +
                              " bytes of shared memory per block, more than this GPU has");
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name);
   kernel<<<unsigned(args.plan.tiles), kThreads, smem, stream>>>(args);
   check_launch(name);
 }

@@ -444,22 +444,15 @@ void candidates_cuda(const Index& ix, const Subset& s, const int32_t* node_ids, 
   check_elem_aligned(logits, dtype_bytes(dtype), "candidates_cuda");
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
 
-  // The per-warp lists live in shared memory: fewer warps for large k, an error past the device's limit.
-  int device = 0, optin = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-  const int64_t static_bytes = 256;  // row_logsumexp's and the list pointers' static shared memory
-  const int64_t warp_bytes = cand_warp_keys(k) * int64_t(sizeof(uint64_t));
-  const int64_t warps = std::min<int64_t>(kCandWarpsMax, (optin - static_bytes) / warp_bytes);
-  FASTOPS_CHECK_VALUE(warps >= 1, "trie candidates_cuda: k = " + std::to_string(k) + " exceeds this GPU's limit of " +
-                                      std::to_string(((optin - static_bytes) / 8 - 32) / 2));
-  const int smem = int(warps * warp_bytes);
   const CandArgs args{tv, node_ids, logits, vocab, row_stride, log_softmax, int(k), scores, tokens, next_nodes};
-
   auto launch = [&](auto kernel, const char* name) {
-    if (smem > 48 * 1024)
-      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name);
+    // The per-warp lists live in shared memory: fewer warps for large k, an error past the device's limit.
+    const int64_t limit = dynamic_smem_limit(reinterpret_cast<const void*>(kernel), name);
+    const int64_t warp_bytes = cand_warp_keys(k) * int64_t(sizeof(uint64_t));
+    const int64_t warps = std::min<int64_t>(kCandWarpsMax, limit / warp_bytes);
+    FASTOPS_CHECK_VALUE(warps >= 1, "trie candidates_cuda: k = " + std::to_string(k) +
+                                        " exceeds this GPU's limit of " + std::to_string((limit / 8 - cand_warp_keys(0)) / 2));
+    const int smem = int(warps * warp_bytes);
     kernel<<<unsigned(rows), unsigned(warps * 32), smem, stream>>>(args);
     check_launch(name);
   };
