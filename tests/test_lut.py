@@ -175,6 +175,19 @@ def test_lut_gemm_dtypes_and_groups(gen, device, dtype, n, group_size):
     _check_gemm(x, w, bias, lut.lut_gemm(x, w, bias), device, False)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n,group_size", [
+    (300, 256, 40, 128),   # M > 128: several tensor-core row blocks, several warps of LUT tiles per CTA
+    (45, 1100, 600, 96),   # > 16 k blocks per LUT split (fp32), a group across the 16-block chunk boundary
+])
+def test_lut_gemm_cuda_large_tiles(gen, m, k, n, group_size):
+    w = _weight(gen, m, k, 3, group_size, "asym").cuda()
+    for dtype in FLOATS:
+        x = torch.randn(n, k, generator=gen).to(device="cuda", dtype=dtype)
+        bias = torch.randn(m, generator=gen).to(device="cuda", dtype=dtype)
+        _check_gemm(x, w, bias, lut.lut_gemm(x, w, bias), "cuda", False)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [1, 8, 16, 64, 256])
 def test_lut_gemm_batch_sizes_cross_paths(gen, device, n):
@@ -186,9 +199,12 @@ def test_lut_gemm_batch_sizes_cross_paths(gen, device, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_lut_gemm_strided_and_batched_x_untouched(gen, device):
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_lut_gemm_strided_and_batched_x_untouched(gen, device, dtype):
+    """Views with odd element offsets too (x[:, 1:4, 50:146] is not 16-byte aligned): in fp16/bf16 on CUDA
+    they take the tensor-core kernel's unaligned-x loads, padding token rows included."""
     w = _weight(gen, 33, 96, 2, 32, "asym").to(device)
-    base = torch.randn(4, 5, 192, generator=gen).to(device)
+    base = torch.randn(4, 5, 192, generator=gen).to(device=device, dtype=dtype)
     for x in (base[..., ::2], base.transpose(0, 1)[..., :96], base[:, 1:4, 50:146], base[:, :, :96].unsqueeze(0)):
         before = base.clone()
         y = lut.lut_gemm(x, w)

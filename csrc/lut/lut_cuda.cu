@@ -422,8 +422,8 @@ __global__ void __launch_bounds__(kMmaThreads) lut_mma_kernel(MmaArgs a) {
       } else if (token < a.x.n) {  // K tail or strided / misaligned x
         for (int e = 0; e < 8; ++e)
           dst[e] = k + e < a.x.k ? x[token * a.x.stride_n + (k + e) * a.x.stride_k] : MmaType<T>::from_float(0.f);
-      } else {
-        cp_async16(dst, x, 0);
+      } else {  // padding token: a plain store, since x itself may be misaligned (cp.async needs an aligned source)
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     }
   };
@@ -633,7 +633,9 @@ void gemm_cuda(const GemmProblem& p, void* workspace, std::uintptr_t stream_hand
     throw std::runtime_error("fastops: lut gemm_cuda needs a workspace of gemm_cuda_workspace_bytes() bytes");
 
   const int64_t mtiles = row_tiles(p.m);
-  Weights w{p.planes, p.scales, p.zeros, mtiles, mtiles * kTileRows, k_blocks(p.k), p.group_size / kBlockK,
+  // A group wider than K is one group: clamping keeps kb_per_group within quant_group's 32 bits.
+  Weights w{p.planes, p.scales, p.zeros, mtiles, mtiles * kTileRows, k_blocks(p.k),
+            std::min<int64_t>(p.group_size / kBlockK, std::max<int64_t>(k_blocks(p.k), 1)),
             p.bits, p.scheme, aligned16(p.planes), aligned16(p.scales) && aligned16(p.zeros)};
   const std::size_t esize = p.dtype == DType::f32 ? 4 : 2;
   Activations x{p.x, p.n, p.k, p.x_stride_n, p.x_stride_k, p.dtype,
