@@ -176,3 +176,18 @@ def test_custom_op_compiles_through_the_dispatcher():
     compiled = torch.compile(lambda a, b: _scale_into(a, b, 2.0), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, out), 2 * x)
     torch.testing.assert_close(out, 2 * x)
+
+
+def test_check_indices():
+    from fastops._core import check_indices
+    idx = torch.tensor([0, 3, 1])
+    check_indices("op", (("a", idx, 4), ("b", None, 4), ("c", torch.tensor([2, 0, 1]), 3, True)))
+    with pytest.raises(ValueError, match=r"op: a has entries outside \[0, 3\)"):
+        check_indices("op", (("a", idx, 3),))
+    with pytest.raises(ValueError, match=r"op: n has entries outside \[0, 4\)"):
+        check_indices("op", (("a", idx, 4), ("n", torch.tensor([-1]), 4)))
+    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 3\)"):
+        check_indices("op", (("p", torch.tensor([0, 0, 1]), 3, True),))
+    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 4\); it has 3 entries"):
+        check_indices("op", (("p", idx, 4, True),))
+    check_indices("op", (("empty", torch.tensor([], dtype=torch.int64), 0),))

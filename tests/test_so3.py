@@ -435,6 +435,70 @@ def test_bad_graph(gen):
 
 
 @pytest.mark.gpu
+def test_bad_graph_cuda(gen):
+    """On CUDA the Python layer checks indices and user-supplied orders (one synchronization)."""
+    r1, r2, ro, ins = PROBLEMS["nequip"]
+    conv = so3.TensorProductConv(r1, r2, ro, ins).cuda()
+    x = torch.randn(4, conv.irreps_in1.dim, generator=gen).cuda()
+    y = torch.randn(5, conv.irreps_in2.dim, generator=gen).cuda()
+    w = torch.randn(5, conv.weight_numel, generator=gen).cuda()
+    s = torch.tensor([0, 1, 2, 3, 0]).cuda()
+    with pytest.raises(ValueError, match=r"x1_index has entries outside \[0, 4\)"):
+        conv(x, y, w, torch.tensor([0, 1, 2, 3, 4]).cuda(), s)
+    with pytest.raises(ValueError, match=r"out_index has entries outside \[0, 4\)"):
+        conv(x, y, w, s, torch.tensor([0, -1, 2, 3, 0]).cuda())
+    with pytest.raises(ValueError, match="receiver_order must be a permutation"):
+        conv(x, y, w, s, s, receiver_order=torch.zeros(5, dtype=torch.int64).cuda())
+    with pytest.raises(ValueError, match="sender_order must be a permutation"):
+        conv(x, y, w, s, s, sender_order=torch.tensor([0, 1, 2, 3, 5]).cuda())
+    order = torch.tensor([4, 3, 2, 1, 0]).cuda()  # a permutation, though not sorted by receiver: accepted
+    assert conv(x, y, w, s, s, receiver_order=order, sender_order=order).shape == (4, conv.irreps_out.dim)
+
+
+@pytest.mark.parametrize("shared_call", [False, True])
+def test_broadcast_per_sample_weight(shared_call, gen):
+    """A per-sample weight expanded from one row (row stride 0) trains: its gradient sums over the samples."""
+    r1, r2, ro, ins = PROBLEMS["mixed"]
+    f = so3.TensorProduct(r1, r2, ro, ins, shared_weights=False, internal_weights=False)
+    x1, x2, _ = _inputs(f, 6, torch.float64, gen, False)
+    w = torch.randn(1, f.weight_numel, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(6, f.irreps_out.dim, generator=gen, dtype=torch.float64)
+    arg = w.expand(6, -1) if shared_call else w
+    got = f(x1, x2, arg)
+    (gw,) = torch.autograd.grad((got * g).sum(), w)
+    w_full = w.detach().expand(6, -1).clone().requires_grad_()
+    want = f(x1, x2, w_full)
+    (gw_full,) = torch.autograd.grad((want * g).sum(), w_full)
+    assert _rel(got, want) <= 1e-12
+    assert gw.shape == (1, f.weight_numel) and _rel(gw[0], gw_full.sum(0)) <= 1e-12
+
+
+@needs_e3nn
+def test_zero_multiplicity_irreps_match_e3nn(gen):
+    """Empty blocks (0x...) are legal in e3nn: they share an offset with the next block and must not count
+    as an overlap."""
+    cases = [  # empty paths first, between and last; an output block fed only by an empty input stays 0
+        (("0x0e+2x1o", "1x0e", "0x0e+3x1o+0x1o"), [(0, 0, 0, "uvw", True), (1, 0, 1, "uvw", True),
+                                                   (1, 0, 2, "uvw", True)]),
+        (("0x0e+2x1o", "1x0e", "1x0e+3x1o"), [(0, 0, 0, "uvw", True), (1, 0, 1, "uvw", True)]),
+        (("2x0e+0x1o+3x1o", "0x0e+1x1o", "2x1o+2x0e"), [(0, 1, 0, "uvu", True), (1, 0, 0, "uvw", True),
+                                                       (2, 1, 1, "uvw", True), (1, 1, 1, "uvw", True)]),
+    ]
+    for irreps, ins in cases:
+        for shared in (True, False):
+            e, f = (cls(*irreps, ins, shared_weights=shared, internal_weights=False)
+                    for cls in (lambda *a, **k: _e3nn(o3.TensorProduct, *a, **k), so3.TensorProduct))
+            assert f.weight_numel == e.weight_numel
+            x1, x2, w = _inputs(f, 5, torch.float64, gen, shared)
+            leaves = [t.requires_grad_() for t in (x1, x2, w)]
+            got, want = f(*leaves), e.double()(*leaves)
+            assert _rel(got, want) <= 1e-12, irreps
+            g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+            for a, b in zip(_grads(got, leaves, g), _grads(want, leaves, g)):
+                assert _rel(a, b) <= 1e-12, irreps
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("deterministic", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cuda_matches_cpu(deterministic, dtype, gen):

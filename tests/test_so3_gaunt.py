@@ -401,8 +401,10 @@ def test_cp_conv_matches_a_loop(gen):
     for e in range(E):
         expect[r[e]] += ref.cp_tp(x[s[e]][None], y[e][None], w[e][None], cp.f1, cp.f2, cp.f3)[0]
     assert _rel(out, expect) <= 1e-12
-    with pytest.raises(ValueError, match="senders"):
+    with pytest.raises(ValueError, match=r"senders has entries outside \[0, 7\)"):
         cp(x, y, w, s + V, r)
+    with pytest.raises(ValueError, match=r"receivers has entries outside \[0, 7\)"):
+        cp(x, y, w, s, r - V)
 
 
 def test_cp_bad_input():

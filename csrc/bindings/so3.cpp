@@ -184,6 +184,9 @@ so3::DevicePlan device_plan(const OptArray& paths, const OptArray& cg_ijk, const
   expect_numel(*paths, host.num_paths * so3::kPathFields, kOp, "device paths");
   expect_numel(*cg_ijk, host.num_cg * 3, kOp, "device cg_ijk");
   expect_numel(*cg_value, host.num_cg, kOp, "device cg_value");
+  expect_dtype(*paths, 64, nb::dlpack::dtype_code::Int, kOp, "device paths", "int64");
+  expect_dtype(*cg_ijk, 32, nb::dlpack::dtype_code::Int, kOp, "device cg_ijk", "int32");
+  expect_dtype(*cg_value, 64, nb::dlpack::dtype_code::Float, kOp, "device cg_value", "float64");
   for (const Array* a : {&*paths, &*cg_ijk, &*cg_value}) {
     expect_same_device(x1, *a, kOp, "x1", "device plan");
     expect_contiguous(*a, kOp, "device plan");

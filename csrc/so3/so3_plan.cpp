@@ -56,19 +56,22 @@ void validate_plan(const PlanView& plan, const char* op_name) {
     if (md == Mode::uuw && !has_weight && mo != 1) throw_value(where + "uuw without weight needs mul_out == 1");
     const int64_t d1 = 2 * l1 + 1, d2 = 2 * l2 + 1, d3 = 2 * l3 + 1;
     const int64_t o1 = plan.field(p, kX1Offset), o2 = plan.field(p, kX2Offset), oo = plan.field(p, kOutOffset);
-    if (o1 < 0 || o1 + m1 * d1 > plan.dim1) throw_value(where + "x1 block outside the x1 row");
-    if (o2 < 0 || o2 + m2 * d2 > plan.dim2) throw_value(where + "x2 block outside the x2 row");
-    if (oo < 0 || oo + mo * d3 > plan.dim_out) throw_value(where + "output block outside the output row");
+    // Compared as offset > size - extent: offset + extent could overflow for a hand-made plan.
+    if (o1 < 0 || o1 > plan.dim1 - m1 * d1) throw_value(where + "x1 block outside the x1 row");
+    if (o2 < 0 || o2 > plan.dim2 - m2 * d2) throw_value(where + "x2 block outside the x2 row");
+    if (oo < 0 || oo > plan.dim_out - mo * d3) throw_value(where + "output block outside the output row");
+    // The kernels read blocks at one offset as one block, so an empty block (the Python layer drops paths
+    // with one) sharing an offset with another is an overlap here too.
     b1.push_back({o1, m1, d1});
     b2.push_back({o2, m2, d2});
     bo.push_back({oo, mo, d3});
     if (has_weight) {
       const int64_t size = md == Mode::uvw ? m1 * m2 * mo : md == Mode::uvu ? m1 * m2 : md == Mode::uuw ? m1 * mo : m1;
-      if (plan.field(p, kWeightOffset) + size > plan.weight_numel)
+      if (plan.field(p, kWeightOffset) > plan.weight_numel - size)
         throw_value(where + "weight block outside weight_numel");
     }
     const int64_t begin = plan.field(p, kCgBegin), count = plan.field(p, kCgCount);
-    if (begin < 0 || count < 0 || begin + count > plan.num_cg) throw_value(where + "CG range outside the table");
+    if (begin < 0 || count < 0 || begin > plan.num_cg - count) throw_value(where + "CG range outside the table");
     for (int64_t e = begin; e < begin + count; ++e) {
       const int32_t* ijk = plan.cg_ijk + 3 * e;
       if (ijk[0] < 0 || ijk[0] >= d1 || ijk[1] < 0 || ijk[1] >= d2 || ijk[2] < 0 || ijk[2] >= d3)

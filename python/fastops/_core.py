@@ -4,6 +4,7 @@ expected and what was received."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -63,13 +64,49 @@ def check_int(op: str, name: str, value, lo: int | None = None, hi: int | None =
 
 
 def check_device_usable(op: str, t: torch.Tensor) -> None:
-    """Raises RuntimeError when fastops cannot run on t's device (CPU-only build, unknown device)."""
+    """Raises RuntimeError when fastops cannot run on t's device (CPU-only build, a GPU older than sm_80,
+    unknown device)."""
     if t.device.type == "cuda":
         if not _C.built_with_cuda:
             raise RuntimeError(f"{op}: fastops was built without CUDA; reinstall with FASTOPS_CUDA=ON "
                                f"CUDACXX=/usr/local/cuda/bin/nvcc (see README)")
+        if torch.compiler.is_compiling():  # not traced: an older GPU then fails at launch (no kernel image)
+            return
+        major, minor = _cuda_capability(t.device.index if t.device.index is not None else torch.cuda.current_device())
+        if major < 8:
+            raise RuntimeError(f"{op}: fastops: no usable CUDA device: {t.device} has compute capability "
+                               f"{major}.{minor}; the CUDA kernels need 8.0 (Ampere) or newer")
     elif t.device.type not in ("cpu", "meta"):
         raise ValueError(f"{op}: tensors on {t.device.type} are not supported (CPU or CUDA only)")
+
+
+def check_indices(op: str, checks: Sequence[tuple]) -> None:
+    """Each (name, index, rows[, permutation]): an int64 index vector, all on one device, whose entries must lie
+    in [0, rows) or, with permutation=True, hold each of 0..rows-1 once; ValueError names the first bad one.
+    On CUDA the checks cost one host synchronization together, so they are skipped while torch.compile traces
+    or a CUDA graph is captured (no synchronization is possible there): indices are trusted then."""
+    pending = [(c[0], c[1], c[2], len(c) > 3 and c[3]) for c in checks if c[1] is not None and c[1].numel()]
+    if not pending or torch.compiler.is_compiling():
+        return
+    if pending[0][1].device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    flags = []
+    for name, index, rows, permutation in pending:
+        if permutation:
+            if index.numel() != rows:
+                raise ValueError(f"{op}: {name} must be a permutation of [0, {rows}); it has {index.numel()} entries")
+            flags.append((index.sort().values != torch.arange(rows, device=index.device)).any())
+        else:
+            flags.append(((index < 0) | (index >= rows)).any())
+    for (name, _, rows, permutation), bad in zip(pending, torch.stack(flags).tolist()):  # the one synchronization
+        if bad:
+            raise ValueError(f"{op}: {name} must be a permutation of [0, {rows})" if permutation else
+                             f"{op}: {name} has entries outside [0, {rows})")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(device_index: int) -> tuple[int, int]:
+    return tuple(_C.cuda_device_capability(device_index))
 
 
 def cuda_stream(device: torch.device) -> int:

@@ -13,6 +13,7 @@ channel shared by all paths, fitted once (alternating least squares) and frozen.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import math
 import warnings
@@ -22,8 +23,8 @@ import torch
 
 from . import _C
 from . import _gaunt_programs as gp
-from ._core import (call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, custom_op,
-                    num_threads)
+from ._core import (call_c, check_device_usable, check_indices, check_tensor, contiguous_last_dim, cuda_stream,
+                    custom_op, num_threads)
 from ._so3_math import Irreps, wigner_3j
 
 _REAL = (torch.float32, torch.float64)
@@ -91,7 +92,8 @@ def _gaunt_op(x1: torch.Tensor, x2: torch.Tensor, l1: int, l2: int, l3: int, met
     if x1.device.type == "cuda":
         nb, na = _grid_for(method, l1, l2, l3, n_beta, n_alpha)
         y1, y2, z = _device_tables(l1, l2, l3, nb, na, x1.dtype, x1.device)
-        call_c(_C.gaunt_dense, x1, x2, y1, y2, z, out, stream=cuda_stream(x1.device))
+        with torch.cuda.device(x1.device):  # the kernel launches on the current device: x1's
+            call_c(_C.gaunt_dense, x1, x2, y1, y2, z, out, stream=cuda_stream(x1.device))
     else:
         call_c(_C.gaunt_forward, _cpu_program(method, l1, l2, l3, n_beta, n_alpha), x1, x2, out,
                nthreads=num_threads())
@@ -421,7 +423,8 @@ def _cp_op(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, f1: torch.Tensor, 
     x = contiguous_last_dim(x)
     y, w = contiguous_last_dim(y), contiguous_last_dim(w)
     out = x.new_empty((x.shape[0], x.shape[1], f3.shape[0]))
-    call_c(_C.cp_forward, x, y, w, f1, f2, f3, out, nthreads=num_threads(), stream=cuda_stream(x.device))
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+        call_c(_C.cp_forward, x, y, w, f1, f2, f3, out, nthreads=num_threads(), stream=cuda_stream(x.device))
     return out
 
 
@@ -570,9 +573,7 @@ class CPTensorProductConv(CPTensorProduct):
         if senders.numel() != E or receivers.numel() != E or weight.shape[0] != E:
             raise ValueError(f"{op}: senders, receivers, y and weight must have one entry per edge ({E})")
         n = x.shape[0] if num_nodes is None else num_nodes
-        for name, idx, rows in (("senders", senders, x.shape[0]), ("receivers", receivers, n)):
-            if E and (int(idx.min()) < 0 or int(idx.max()) >= rows):
-                raise ValueError(f"{op}: {name} must lie in [0, {rows})")
+        check_indices(op, (("senders", senders, x.shape[0]), ("receivers", receivers, n)))
         msg = super().forward(x.index_select(0, senders), y, weight)
         return msg.new_zeros((n,) + msg.shape[1:]).index_add_(0, receivers, msg)
 

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import _C
-from ._core import (call_c, check_device_usable, check_tensor, contiguous_last_dim, cuda_stream, custom_op,
-                    num_threads)
+from ._core import (call_c, check_device_usable, check_indices, check_tensor, contiguous_last_dim, cuda_stream,
+                    custom_op, num_threads)
 from ._so3_math import (Irrep, Irreps, angles_to_matrix, matrix_to_angles, rand_matrix, spherical_harmonics,
                         wigner_3j, wigner_D)
 
@@ -145,10 +145,16 @@ class TPPlan:
         self.weighted_part_id: Optional[int] = None  # set by _plan_id
         self.handle = self._make_handle()
 
+    def _kernel_paths(self) -> torch.Tensor:
+        """The paths the kernels run: those with no empty block (multiplicity 0, legal in e3nn). Such a path
+        adds nothing and owns no weights, and its empty block shares an offset with the next block, which
+        the kernels read as the same block."""
+        return self.paths[(self.paths[:, 4:7] > 0).all(dim=1)].contiguous()
+
     def _make_handle(self):
         # The validated tables and the CPU kernels' compiled form, built once (csrc/bindings/so3.cpp).
-        return _C.So3Plan(self.paths, self.cg_ijk, self.cg_value, self.irreps_in1.dim, self.irreps_in2.dim,
-                          self.irreps_out.dim, self.weight_numel)
+        return _C.So3Plan(self._kernel_paths(), self.cg_ijk, self.cg_value, self.irreps_in1.dim,
+                          self.irreps_in2.dim, self.irreps_out.dim, self.weight_numel)
 
     def weighted_part(self) -> "TPPlan":
         """The same plan without its unweighted paths (same normalization and weight layout): the part of
@@ -166,7 +172,8 @@ class TPPlan:
     def device_tables(self, device: torch.device) -> tuple:
         """(paths, cg_ijk, cg_value) on a CUDA device, copied once."""
         if device not in self._device_tables:
-            self._device_tables[device] = tuple(t.to(device) for t in (self.paths, self.cg_ijk, self.cg_value))
+            self._device_tables[device] = tuple(t.to(device) for t in (self._kernel_paths(), self.cg_ijk,
+                                                                       self.cg_value))
         return self._device_tables[device]
 
     def flops_per_sample(self, backward: bool = False) -> int:
@@ -203,20 +210,13 @@ def _plan_id(irreps_in1, irreps_in2, irreps_out, instructions, irrep_normalizati
     return _PLAN_IDS[key]
 
 
-def _check_indices_on_device(name: str, index: torch.Tensor, rows: int) -> None:
-    # The CPU binding checks indices itself; on CUDA this costs one synchronization.
-    if index.device.type == "cuda" and index.numel() and (int(index.min()) < 0 or int(index.max()) >= rows):
-        raise ValueError(f"so3: {name} has entries outside [0, {rows})")
-
-
 def _run_forward(plan: TPPlan, x1, x2, weight, x1_index, out_index, out_order, out_rows, deterministic):
     x1, x2, weight = contiguous_last_dim(x1), contiguous_last_dim(x2), contiguous_last_dim(weight)
     out = torch.empty((out_rows, plan.irreps_out.dim), dtype=x1.dtype, device=x1.device)
     args = (plan.handle, x1, x2, weight, x1_index, out_index, out_order, out)
     if x1.device.type == "cuda":
-        for name, idx, rows in (("x1_index", x1_index, x1.shape[0]), ("out_index", out_index, out_rows)):
-            if idx is not None:
-                _check_indices_on_device(name, idx, rows)
+        # The CPU binding checks its indices itself.
+        check_indices("so3", (("x1_index", x1_index, x1.shape[0]), ("out_index", out_index, out_rows)))
         dp, dc, dv = plan.device_tables(x1.device)
         with torch.cuda.device(x1.device):
             call_c(_C.so3_forward, *args, device_paths=dp, device_cg_ijk=dc, device_cg_value=dv,
@@ -386,6 +386,12 @@ def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     return contiguous_last_dim(t.reshape(-1, dim))
 
 
+def _sample_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights [N, weight_numel]; one broadcast row (row stride 0, e.g. expanded from [1, n]) goes in
+    as the shared weight it is: the kernels read a zero row stride as shared, and autograd sums its gradient."""
+    return weight[0] if weight.shape[0] > 1 and weight.stride(0) == 0 else weight
+
+
 class _TPBase(torch.nn.Module):
     def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions, irrep_normalization, path_normalization,
                  internal_weights, shared_weights):
@@ -505,7 +511,7 @@ class TensorProduct(_TPBase):
         a = _rows(x1.expand(*shape, x1.shape[-1]), d1)
         b = _rows(x2.expand(*shape, x2.shape[-1]), d2)
         if weight is not None and not self.shared_weights:
-            weight = _rows(weight.expand(*shape, weight.shape[-1]), self.weight_numel)
+            weight = _sample_weights(_rows(weight.expand(*shape, weight.shape[-1]), self.weight_numel))
         elif weight is not None:
             weight = weight.contiguous() if weight.stride(-1) != 1 else weight
         out = _tp_op(a, b, weight, None, None, None, None, a.shape[0], self._plan_id, True)
@@ -561,13 +567,16 @@ class TensorProductConv(_TPBase):
                         ("receivers", receivers), ("receiver_order", receiver_order), ("sender_order", sender_order)):
             if t is not None and t.device != x.device:
                 raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+        if x.device.type == "cuda":  # the CPU binding checks the orders itself
+            check_indices(op, (("receiver_order", receiver_order, edges, True),
+                               ("sender_order", sender_order, edges, True)))
         if receiver_order is None or sender_order is None:
             r_order, s_order = edge_orders(senders, receivers)
             receiver_order = r_order if receiver_order is None else receiver_order
             sender_order = s_order if sender_order is None else sender_order
         a, b = _rows(x, d1), _rows(edge_attr, d2)
         if weight is not None:
-            weight = _rows(weight, self.weight_numel) if weight.dim() == 2 else weight.contiguous()
+            weight = _sample_weights(_rows(weight, self.weight_numel)) if weight.dim() == 2 else weight.contiguous()
         return _tp_op(a, b, weight, senders.contiguous(), receivers.contiguous(), receiver_order.contiguous(),
                       sender_order.contiguous(), num_nodes, self._plan_id, self.deterministic)
 
