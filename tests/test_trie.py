@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastops import _C, trie
+from fastops._core import cuda_stream
 from fastops.reference import trie as ref
 from conftest import DEVICES
 
@@ -197,6 +198,29 @@ def test_mask_strided_in_place_and_large_rows():
         keep[allowed] = True
         assert torch.equal(view[r][keep], before[r, 50:40050][keep])
         assert torch.isneginf(view[r][~keep]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_rejects_overlapping_rows(device):
+    """Rows that share memory (an expanded row, row stride < V) would race in the in-place mask: refused,
+    by the Python layer and by the binding; read-only modes take them."""
+    rng, rows, items, t = _setup(seed=1)
+    td = t.to(device)
+    ids = _node_ids(rng, t, 4).to(device)
+    row = torch.randn(1, t.vocab_size, device=device)
+    for logits in (row.expand(4, -1), torch.randn(4 * t.vocab_size, device=device).as_strided(
+            (4, t.vocab_size), (t.vocab_size // 2, 1))):
+        before = logits.clone()
+        with pytest.raises(ValueError, match="rows overlap"):
+            td.step(ids, logits)
+        with pytest.raises(ValueError, match="rows overlap"):
+            _C.trie_mask_(td.indptr, td.tokens, None, 1, ids, logits, nthreads=1,
+                          stream=cuda_stream(logits.device))
+        assert torch.equal(logits, before)
+        scores, _, _ = td.step(ids, logits, "candidates", k=2)
+        assert scores.shape == (4, 2)
+    one = torch.randn(1, t.vocab_size, device=device).expand(1, -1)
+    td.step(ids[:1], one)  # a single row cannot overlap another
 
 
 @pytest.mark.parametrize("device", DEVICES)

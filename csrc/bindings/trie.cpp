@@ -76,6 +76,8 @@ void trie_mask(Array indptr, Array tokens, std::optional<Array> alive, int64_t r
   constexpr const char* op = "trie_mask_";
   const StepArgs a = step_args(op, indptr, tokens, alive, rows_per_mask, node_ids);
   auto [dt, vocab, row_stride] = logits_layout(op, logits, a);
+  if (a.rows > 1 && row_stride < vocab)  // overlapping rows: two rows' masks would race on one element
+    throw_value(std::string(op) + ": logits rows overlap (row stride < vocab); the in-place mask needs distinct rows");
   expect_same_device(node_ids, logits, op, "node_ids", "logits");
   if (a.device == Device::cpu) {
     nb::gil_scoped_release nogil;

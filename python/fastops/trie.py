@@ -277,7 +277,7 @@ class CSRTrie:
         if logits is None and mode != "bitmask":
             raise ValueError(f"{op}: logits are required")
         if logits is not None:
-            self._check_logits(op, node_ids, logits)
+            self._check_logits(op, node_ids, logits, in_place=mode == "mask")
         alive, rows_per_mask = self._subset(op, valid, rows)
         if mode == "mask":
             _mask_op(self.indptr, self.tokens, alive, rows_per_mask, node_ids, logits)
@@ -352,7 +352,7 @@ class CSRTrie:
                                  f"got values in [{lo}, {hi}]")
         return node_ids.shape[0]
 
-    def _check_logits(self, op: str, node_ids: torch.Tensor, logits) -> None:
+    def _check_logits(self, op: str, node_ids: torch.Tensor, logits, in_place: bool) -> None:
         check_dtype(op, "logits", logits, FLOAT_DTYPES)
         rows = node_ids.shape[0]
         if logits.dim() != 2 or logits.shape[0] != rows:
@@ -363,6 +363,9 @@ class CSRTrie:
                              f"({self.vocab_size})")
         if logits.shape[1] > 1 and logits.stride(1) != 1:
             raise ValueError(f"{op}: logits must have unit stride along V (rows may be strided)")
+        if in_place and rows > 1 and logits.stride(0) < logits.shape[1]:
+            raise ValueError(f"{op}: logits rows overlap (row stride {logits.stride(0)} < V = {logits.shape[1]}, "
+                             "e.g. an expanded row); the in-place mask needs distinct rows")
         check_same_device(op, "node_ids", node_ids, logits=logits)
 
     def _subset(self, op: str, valid, rows: int) -> tuple[Optional[torch.Tensor], int]:
