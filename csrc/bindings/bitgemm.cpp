@@ -126,6 +126,12 @@ void bitgemm_gemm(Array a_planes, Array a_offset, Array a_rowsum, int a_bits, in
 std::size_t bitgemm_cuda_workspace_bytes(int64_t m, int64_t n, int64_t k, int a_bits, int w_bits, bool scaled,
                                          int64_t group_size) {
 #ifdef FASTOPS_WITH_CUDA
+  constexpr const char* op = "bitgemm_cuda_workspace_bytes";
+  if (m < 0 || n < 0 || k < 0) fail(op, "m, n and k must be >= 0");
+  check_bits_fmt(op, "a", a_bits, 0);  // the workspace does not depend on the formats
+  check_bits_fmt(op, "w", w_bits, 0);
+  if (group_size < 0 || (group_size > 0 && group_size % bitgemm::kGroupMultiple != 0))
+    fail(op, "group_size must be 0 or a positive multiple of 128, got " + std::to_string(group_size));
   bitgemm::GemmProblem p;
   p.a.rows = m, p.a.bits = a_bits;
   p.w.rows = n, p.w.bits = w_bits;

@@ -821,18 +821,25 @@ void check_spmm(Checker& ck, std::mt19937& rng) {
   };
   const Shape shapes[] = {
       {1, 1, 1, 132},     {5, 70, 3, 132},          {16, 64, 8, 1},    {17, 130, 9, 132},
-      {33, 200, 17, 8},   {50, 513, 33, 1},         {64, 1000, 40, 4}, {3, 64 * 70 + 5, 2, 1},  // 3 bound batches
+      {33, 200, 17, 8},   {50, 513, 33, 1},         {64, 1000, 40, 4}, {3, 64 * 70 + 5, 2, 1},  // 4 splits of 18
       {7, 3000, 1, 132},  {9, 64 * 200 - 10, 3, 1},  // 4 splits of 50 chunks (batch rotation in a split)
+      {256, 64 * 70 + 5, 1, 1},                      // no split, 71 chunks: 3 bound batches
+      {256, 64 * 140 + 5, 3, 1},                     // no split, 141 chunks: 5 batches, 4 rotations
       {200, 64, 1100, 1},                            // more token tiles than a raster band
       {31, 96, 24, 132},  {100, 65, 16, 2},
   };
+  bool unsplit_rotations = false;  // a split reloading its chunk bounds more than once, as the shapes intend
   for (const Shape& s : shapes)
-    for (int esz : {2, 4})
+    for (int esz : {2, 4}) {
+      const SpmmPlan plan = make_spmm_plan(s.m, s.k, s.n, s.sms, esz);
+      unsplit_rotations |= plan.splits == 1 && plan.chunks > 2 * kBoundBatch;
       for (bool aligned : {true, false}) {
         const SpmmCase cs{s.m, s.k, s.n, esz, s.sms, aligned, aligned};
         SpmmEmulator emu(ck, cs, rng);
         emu.run();
       }
+    }
+  ck.expect(unsplit_rotations, "spmm shapes: one unsplit plan rotates its chunk-bound batches twice or more");
 }
 
 // ---------------------------------------------------------------------------------------------------
