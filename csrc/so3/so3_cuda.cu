@@ -797,7 +797,7 @@ void backward(const Problem& p, const DevicePlan& d, const int64_t* order, bool 
   a.ws = static_cast<T*>(workspace);
   int64_t max_blocks = kMaxGrid;
   if (want_w && shared_w) {
-    max_blocks = shared_weight_partials(p.batch, device_sm_count());
+    max_blocks = shared_weight_partials(p.batch, device_sm_count(), p.plan.weight_numel);
     if (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % sizeof(T) != 0)
       throw_value(o + ": a shared weight's gradient needs an element-aligned workspace of "
                       "backward_cuda_workspace_bytes() bytes");
@@ -835,7 +835,7 @@ std::size_t backward_cuda_workspace_bytes(const Problem& p, bool deterministic) 
   (void)deterministic;  // the shared-weight gradient is reduced in block order in both modes
   check_dtype(p, "so3 backward_cuda_workspace_bytes");
   if (p.weight_stride != 0 || p.plan.weight_numel <= 0 || p.batch <= 0) return 0;
-  const int64_t parts = shared_weight_partials(p.batch, device_sm_count());
+  const int64_t parts = shared_weight_partials(p.batch, device_sm_count(), p.plan.weight_numel);
   return std::size_t(parts) * std::size_t(p.plan.weight_numel) * std::size_t(elem_bytes(p.dtype));
 }
 

@@ -54,6 +54,7 @@ constexpr int kInfoRing = 2 * kInfoChunk;
 constexpr int64_t kMinSlice = 8;           // samples per block at least
 constexpr int64_t kWaves = 4;              // target blocks = resident blocks x kWaves
 constexpr int64_t kSharedBlocksPerSm = 2;  // shared-weight gradient: at most this many partials per SM
+constexpr int64_t kSharedPartialElems = int64_t(1) << 25;  // and at most 32M partial elements (128 MB fp32)
 constexpr int64_t kMaxGrid = 2147483647;
 
 FASTOPS_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -516,10 +517,13 @@ FASTOPS_HD LaunchPlan make_launch(int64_t batch, int64_t target_blocks, int64_t 
   return LaunchPlan{slice, ceil_div(batch, slice)};
 }
 // Shared-weight gradient: per-block partials [blocks][weight_numel] in the workspace. The bound depends
-// only on the batch and the GPU, so the workspace size is known before the plan is looked at.
-FASTOPS_HD int64_t shared_weight_partials(int64_t batch, int64_t sm_count) {
+// only on the batch, the weight size and the GPU, so the workspace size is known before the plan is
+// looked at. At most kSharedPartialElems elements in all: a large weight (a 2M-element uvw path) would
+// otherwise take 2 x SMs copies (2 GB on an H100); it gets fewer, longer slices instead.
+FASTOPS_HD int64_t shared_weight_partials(int64_t batch, int64_t sm_count, int64_t weight_numel) {
   if (batch <= 0) return 0;
-  return min64(ceil_div(batch, kMinSlice), max64(1, kSharedBlocksPerSm * sm_count));
+  const int64_t by_memory = max64(1, kSharedPartialElems / max64(1, weight_numel));
+  return min64(min64(ceil_div(batch, kMinSlice), max64(1, kSharedBlocksPerSm * sm_count)), by_memory);
 }
 FASTOPS_HD int64_t partial_offset(int64_t block, int64_t weight_numel) { return block * weight_numel; }
 

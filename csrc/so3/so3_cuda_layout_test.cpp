@@ -227,12 +227,17 @@ void check_launch_plan(Checker& ck) {
         ck.expect(ok, "make_launch batch " + str(batch) + " target " + str(target) + " max " + str(maxb));
       }
   for (int64_t batch = 0; batch < 200; ++batch)
-    for (int64_t sms : {1, 7, 132}) {
-      const int64_t parts = shared_weight_partials(batch, sms);
-      const LaunchPlan lp = make_launch(batch, 4 * sms * 8, parts);
-      ck.expect(batch == 0 ? parts == 0 : (parts >= 1 && lp.blocks <= parts && parts <= kSharedBlocksPerSm * sms),
-                "shared_weight_partials bounds the grid: batch " + str(batch) + " sms " + str(sms));
-    }
+    for (int64_t sms : {1, 7, 132})
+      for (int64_t wn : {int64_t(1), int64_t(5000), int64_t(1) << 21, int64_t(1) << 26}) {
+        const int64_t parts = shared_weight_partials(batch, sms, wn);
+        const LaunchPlan lp = make_launch(batch, 4 * sms * 8, parts);
+        const bool bounded = parts <= kSharedBlocksPerSm * sms && (parts == 1 || parts * wn <= kSharedPartialElems);
+        const bool full = wn > kSharedPartialElems / (kSharedBlocksPerSm * sms) ||
+                          parts == std::min(ceil_div(batch, kMinSlice), kSharedBlocksPerSm * sms);
+        ck.expect(batch == 0 ? parts == 0 : (parts >= 1 && lp.blocks <= parts && bounded && full),
+                  "shared_weight_partials bounds the grid and the workspace: batch " + str(batch) + " sms " +
+                      str(sms) + " weight_numel " + str(wn));
+      }
   for (int64_t m = 0; m < 600; ++m) {
     const int t = block_threads(m);
     ck.expect(t % kWarpSize == 0 && t >= kMinThreads && t <= kMaxThreads && (t >= m || t == kMaxThreads) &&
