@@ -138,6 +138,22 @@ def test_lut_gemm_cpu_isas(gen, cpu_isa, precise, bits, scheme):
         _check_gemm(x, w, None, lut.lut_gemm(x, w, precise=precise), "cpu", precise)
 
 
+@pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("bits,scheme", GRID + [(2, "ternary")])
+@pytest.mark.parametrize("group_size", [32, 64, 4096])
+def test_lut_gemm_precise_one_token(gen, cpu_isa, bits, scheme, group_size):
+    """Decode (one token) in the precise mode: its own kernel on AVX2 for the uniform schemes (per-group
+    sums of Q x, scale and zero point applied once per group). k = 300: a partial last group and k block;
+    45 rows: a partial tile; group 4096 > k: one group."""
+    w = _weight(gen, 45, 300, bits, group_size, scheme)
+    for dtype in FLOATS:
+        x = torch.randn(1, 300, generator=gen).to(dtype)
+        bias = torch.randn(45, generator=gen).to(dtype)
+        assert lut.cpu_path(w, 1, precise=True) == _C.lut_cpu_kernel_name(True)
+        _check_gemm(x, w, bias, lut.lut_gemm(x, w, bias, precise=True), "cpu", True)
+        _check_gemm(x * 1e3, w, None, lut.lut_gemm(x * 1e3, w, precise=True), "cpu", True)
+
+
 def _int8_kernel_for(isa: str) -> str:
     f = _C.cpu_features()
     if isa == "avx512" and not (f["avx512bw"] and f["avx512_vbmi"] and f["avx512_vnni"]):

@@ -394,6 +394,68 @@ void precise_tile(const DequantTile& t, const float* x, int64_t x_stride, int64_
   }
 }
 
+// Sum of x[0, count), count <= 32.
+float sum_block(const float* x, int count) {
+  alignas(32) float buf[kBlockK] = {};
+  std::memcpy(buf, x, size_t(count) * sizeof(float));
+  __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(buf), _mm256_load_ps(buf + 8)),
+                           _mm256_add_ps(_mm256_load_ps(buf + 16), _mm256_load_ps(buf + 24)));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+// The precise product of one tile and one token (decode) in the uniform scheme, with no dequantized
+// buffer: per group, sum_k s (Q - Z) x = s (sum_k Q x - Z sum_k x), so each weight costs one convert and
+// one FMA into a group sum (four chains: two per row half, by chunk side), and s, Z apply once per group.
+// The subtraction costs a few ulps of sum |Q x| against sum |(Q - Z) x|: far inside fp32's precise bound.
+template <int kBits>
+void precise_tile_uniform_token(const DequantTile& t, const float* x, float* acc) {
+  const int64_t per_group = t.group_size / kBlockK, kblocks = k_blocks(t.k);
+  const __m256i one = _mm256_set1_epi8(1);
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 y_lo = zero, y_hi = zero;
+  __m256 g_lo[2] = {zero, zero}, g_hi[2] = {zero, zero};
+  float x_group = 0.0f;
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    __m256i plane[kBits][2];
+    for (int i = 0; i < kBits; ++i)
+      for (int h = 0; h < 2; ++h)
+        plane[i][h] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
+    const int k_valid = int(t.k - kb * kBlockK < kBlockK ? t.k - kb * kBlockK : kBlockK);
+    const float* xb = x + kb * kBlockK;
+    x_group += sum_block(xb, k_valid);
+    for (int b = 0; b < 8; ++b)
+      for (int h = 0; h < 2; ++h) {
+        __m256i code = _mm256_and_si256(_mm256_srli_epi16(plane[0][h], b), one);
+        for (int i = 1; i < kBits; ++i)
+          code = _mm256_or_si256(code, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one), i));
+        for (int side = 0; side < 2; ++side) {
+          const int kk = 16 * (b / 4) + 4 * (2 * h + side) + b % 4;  // as in dequant_kblock
+          if (kk >= k_valid) continue;
+          const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
+          const __m256 xv = _mm256_broadcast_ss(xb + kk);
+          g_lo[side] = _mm256_fmadd_ps(q.lo, xv, g_lo[side]);
+          g_hi[side] = _mm256_fmadd_ps(q.hi, xv, g_hi[side]);
+        }
+      }
+    if ((kb + 1) % per_group != 0 && kb + 1 != kblocks) continue;
+    const int64_t g = kb / per_group;
+    const float* s = t.coef + g * kTileRows;
+    const float* z = t.zero + g * kTileRows;
+    const __m256 xs = _mm256_set1_ps(x_group);
+    const __m256 sum_lo = _mm256_fnmadd_ps(_mm256_loadu_ps(z), xs, _mm256_add_ps(g_lo[0], g_lo[1]));
+    const __m256 sum_hi = _mm256_fnmadd_ps(_mm256_loadu_ps(z + 8), xs, _mm256_add_ps(g_hi[0], g_hi[1]));
+    y_lo = _mm256_fmadd_ps(_mm256_loadu_ps(s), sum_lo, y_lo);
+    y_hi = _mm256_fmadd_ps(_mm256_loadu_ps(s + 8), sum_hi, y_hi);
+    g_lo[0] = g_lo[1] = g_hi[0] = g_hi[1] = zero;
+    x_group = 0.0f;
+  }
+  _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_loadu_ps(acc), y_lo));
+  _mm256_storeu_ps(acc + 8, _mm256_add_ps(_mm256_loadu_ps(acc + 8), y_hi));
+}
+
 }  // namespace
 
 void dequant_tile_avx2(const DequantTile& t) {
@@ -406,7 +468,11 @@ void dequant_tile_avx2(const DequantTile& t) {
 
 void precise_tile_avx2(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc) {
   with_bits_scheme(t.bits, t.scheme, [&](auto q, auto s) {
-    precise_tile<decltype(q)::value, decltype(s)::value>(t, x, x_stride, n, acc);
+    constexpr int kBits = decltype(q)::value;
+    if constexpr (decltype(s)::value == Scheme::uniform) {
+      if (n == 1) return precise_tile_uniform_token<kBits>(t, x, acc);
+    }
+    precise_tile<kBits, decltype(s)::value>(t, x, x_stride, n, acc);
   });
 }
 

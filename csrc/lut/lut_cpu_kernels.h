@@ -130,7 +130,8 @@ struct DequantTile {
 void dequant_tile_scalar(const DequantTile& t);
 void dequant_tile_avx2(const DequantTile& t);
 // The precise GEMM of one tile (t.out unused): acc[i * 16 + r] += sum_k W[r, k] x[i * x_stride + k] for
-// tokens i < n, x in fp32, the weights dequantized one k block at a time as above.
+// tokens i < n, x in fp32, the weights dequantized one k block at a time as above (AVX2, one token,
+// uniform scheme: no dequantized block; the group's scale and zero point apply to its sums of Q x and x).
 void precise_tile_scalar(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc);
 void precise_tile_avx2(const DequantTile& t, const float* x, int64_t x_stride, int64_t n, float* acc);
 
