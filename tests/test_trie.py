@@ -250,7 +250,8 @@ def test_candidates(device, dtype, log_softmax):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_candidates_rank_nan_like_neg_inf(device):
-    """NaN scores rank like -inf (ties to the smaller token) and are reported as NaN, on every device."""
+    """NaN scores rank like -inf (ties to the smaller token) and are reported as NaN, -0 ties with +0, on
+    every device."""
     rng, rows, items, t = _setup(seed=5)
     oracle, prefixes = ref.DictTrie(items), _prefixes(t)
     ids = _node_ids(rng, t, 16)
@@ -258,6 +259,8 @@ def test_candidates_rank_nan_like_neg_inf(device):
     special = torch.rand(16, t.vocab_size, generator=torch.Generator().manual_seed(5))
     logits[special < 0.3] = float("nan")
     logits[special > 0.7] = NEG_INF
+    logits[(special > 0.4) & (special < 0.45)] = -0.0  # ties with +0 (from randint): smaller token first
+    logits[(special > 0.5) & (special < 0.55)] = float("inf")
     scores, tokens, _ = t.to(device).step(ids.to(device), logits.to(device), "candidates", k=6)
     for r in range(16):
         allowed = oracle.allowed(prefixes[int(ids[r])]) if ids[r] >= 0 else []

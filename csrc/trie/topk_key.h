@@ -24,10 +24,13 @@ FASTOPS_HD uint32_t topk_float_bits(float x) {
 }
 
 // Unsigned bits in the order of the floats: negative floats flipped, non-negative ones with the sign set.
+// Branch-free (selects and an arithmetic shift): scores of either sign in random order made the CPU's
+// sign branch mispredict on half the children (2.7x slower on raw logits than on log-probabilities).
 FASTOPS_HD uint32_t topk_order_bits(float x) {
-  uint32_t b = x != x ? 0xff800000u : topk_float_bits(x);  // NaN as -inf
-  if (b == 0x80000000u) b = 0;                                // -0 as +0
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  uint32_t b = topk_float_bits(x);
+  b = x != x ? 0xff800000u : b;   // NaN as -inf
+  b = b == 0x80000000u ? 0u : b;  // -0 as +0
+  return b ^ (uint32_t(int32_t(b) >> 31) | 0x80000000u);  // xor with all ones (negative) or the sign bit
 }
 
 FASTOPS_HD uint64_t topk_key(float score, int64_t edge) {
