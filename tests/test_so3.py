@@ -55,6 +55,9 @@ PROBLEMS = {
                        [(0, 0, 0, "uuw", False), (1, 1, 0, "uuw", True), (0, 1, 1, "uuw", True)]),
     "uvu_mul2": ("18x1o+3x2e", "2x1o+1x0e", "18x1e+18x2e+18x1o",
                  [(0, 0, 0, "uvu", True), (0, 0, 1, "uvu", False), (0, 1, 2, "uvu", True)]),
+    # uvw outputs of 40 and 8 channels: pairs of output vectors plus a single one, on every ISA
+    "fc_wide": ("6x0e+4x1o", "3x0e+2x1o", "40x0e+8x1o+40x2e",
+                so3.fully_connected_instructions("6x0e+4x1o", "3x0e+2x1o", "40x0e+8x1o+40x2e")),
 }
 
 
@@ -117,7 +120,7 @@ def test_reference_matches_e3nn(gen):
 
 @pytest.mark.parametrize("cpu_isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", ["mixed", "uvu_mul2", "mace"])
+@pytest.mark.parametrize("name", ["mixed", "uvu_mul2", "mace", "fc_wide"])
 def test_every_cpu_kernel_set(cpu_isa, dtype, name, gen):
     assert so3.cpu_kernel_name() == cpu_isa
     r1, r2, ro, ins = PROBLEMS[name]

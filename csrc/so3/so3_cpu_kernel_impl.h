@@ -169,23 +169,38 @@ struct Kernels {
 
   static V weight_vec(const T* w, int64_t n) { return w ? V::load_n(w, n) : V::ones_n(n); }
 
-  // acc[k][w] += sum_p T_p[k] W[p][w] for KC components k0.. at once (KC accumulators in registers).
+  // acc[k][w] += sum_p T_p[k] W[p][w] for KC components k0.. and WB vectors of w from w0 at once (KC x WB
+  // accumulators in registers): each broadcast T_p[k] feeds WB FMAs and each weight vector KC, so the
+  // loads per FMA drop from (KC + 1) / KC to (KC + WB) / (KC WB).
+  template <int KC, int WB>
+  static void pairs_times_weight_block(const CompiledPath& P, const T* ts, const T* w, int32_t k0, int32_t w0,
+                                       T* acc) {
+    const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1, stride = t_stride(P);
+    V a[KC][WB];
+    for (int c = 0; c < KC; ++c)
+      for (int b = 0; b < WB; ++b) a[c][b] = V::load(acc + int64_t(k0 + c) * P.mpo + w0 + b * W);
+    for (int64_t u = 0; u < P.mul1; ++u)
+      for (int64_t v = 0; v < vs; ++v) {
+        const int64_t p = u * vs + v;
+        V wv[WB];
+        for (int b = 0; b < WB; ++b)
+          wv[b] = weight_vec(w ? w + p * P.mul_out + w0 + b * W : nullptr, P.mul_out - w0 - b * W);
+        const T* tp = ts + t_index(P, u, v, k0);
+        for (int c = 0; c < KC; ++c) {
+          const V t = V::set1(tp[c * stride]);
+          for (int b = 0; b < WB; ++b) a[c][b] = V::fma(t, wv[b], a[c][b]);
+        }
+      }
+    for (int c = 0; c < KC; ++c)
+      for (int b = 0; b < WB; ++b) V::store(acc + int64_t(k0 + c) * P.mpo + w0 + b * W, a[c][b]);
+  }
+
+  // Pairs of w vectors while both lie in the padded row (mpo, a whole number of vectors), then one.
   template <int KC>
   static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
-    const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1, stride = t_stride(P);
-    for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
-      const int64_t n = P.mul_out - w0;
-      V a[KC];
-      for (int c = 0; c < KC; ++c) a[c] = V::load(acc + int64_t(k0 + c) * P.mpo + w0);
-      for (int64_t u = 0; u < P.mul1; ++u)
-        for (int64_t v = 0; v < vs; ++v) {
-          const int64_t p = u * vs + v;
-          const V wv = weight_vec(w ? w + p * P.mul_out + w0 : nullptr, n);
-          const T* tp = ts + t_index(P, u, v, k0);
-          for (int c = 0; c < KC; ++c) a[c] = V::fma(V::set1(tp[c * stride]), wv, a[c]);
-        }
-      for (int c = 0; c < KC; ++c) V::store(acc + int64_t(k0 + c) * P.mpo + w0, a[c]);
-    }
+    int32_t w0 = 0;
+    for (; w0 + 2 * W <= P.mpo; w0 += 2 * W) pairs_times_weight_block<KC, 2>(P, ts, w, k0, w0, acc);
+    for (; w0 < P.mul_out; w0 += W) pairs_times_weight_block<KC, 1>(P, ts, w, k0, w0, acc);
   }
 
   // One sample's contribution to acc_t (T layout of the output row).
