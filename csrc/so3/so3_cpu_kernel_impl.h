@@ -130,6 +130,36 @@ struct Kernels {
       }
   }
 
+  // uvw backward, the CG contraction of gT[u][k][v] (gts, t_index layout) back to x1 and x2, in vectors over v
+  // (x2 and the gradients in the T layout; gT's padding lanes are masked off):
+  //   gx1[i][u] += sum_e c sum_v gT[u][k][v] x2[j][v],   gx2[j][v] += sum_e c sum_u x1[i][u] gT[u][k][v].
+  static void contract_back_uvw(const Compiled& c, const CompiledPath& P, const T* a, const T* b, const T* gts,
+                                T* gx1, T* gx2) {
+    const int64_t row = int64_t(P.d3) * P.mp2;  // gT elements per u
+    for (int32_t e = P.cg_begin; e < P.cg_begin + P.cg_count; ++e) {
+      const Entry& en = c.cg[e];
+      const T ce = cg_value<T>(en);
+      const T* gk = gts + int64_t(en.k) * P.mp2;
+      const T* bj = b + int64_t(en.j) * P.mp2;
+      const T* ai = a + int64_t(en.i) * P.mp1;
+      if (gx1)
+        for (int64_t u = 0; u < P.mul1; ++u) {
+          V acc = V::zero();
+          for (int32_t v0 = 0; v0 < P.mul2; v0 += W)
+            acc = V::fma(V::load_n(gk + u * row + v0, P.mul2 - v0), V::load(bj + v0), acc);
+          gx1[int64_t(en.i) * P.mp1 + u] += ce * V::hsum(acc);
+        }
+      if (gx2)
+        for (int32_t v0 = 0; v0 < P.mul2; v0 += W) {
+          V acc = V::zero();
+          for (int64_t u = 0; u < P.mul1; ++u)
+            acc = V::fma(V::set1(ce * ai[u]), V::load_n(gk + u * row + v0, P.mul2 - v0), acc);
+          T* g2 = gx2 + int64_t(en.j) * P.mp2 + v0;
+          V::store(g2, V::add(V::load(g2), acc));
+        }
+    }
+  }
+
   // Calls f(std::integral_constant<int, U>, u0) over the vectors of `mul` channels in blocks of U = MaxU,
   // then 4, then 1 vectors: U independent accumulator chains hide the FMA latency.
   template <int MaxU, class F>
@@ -380,6 +410,11 @@ struct Kernels {
                 acc = V::fma(weight_vec(wp ? wp + w0 : nullptr, P.mul_out - w0), V::load(g + int64_t(k) * P.mpo + w0), acc);
               s.gt_scalars[t_index(P, u, v, k)] = V::hsum(acc);
             }
+        if (P.mode == Mode::uvw) {
+          contract_back_uvw(c, P, a, x2_t + P.x2_t, s.gt_scalars, gx1_t ? gx1_t + P.x1_t : nullptr,
+                            gx2_t ? gx2_t + P.x2_t : nullptr);
+          continue;
+        }
         const T* x2 = x2_row + P.x2_row;
         for (int64_t u = 0; u < P.mul1; ++u)
           for (int64_t vi = 0; vi < vs; ++vi) {
