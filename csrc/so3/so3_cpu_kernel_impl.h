@@ -225,6 +225,18 @@ struct Kernels {
       for (int b = 0; b < WB; ++b) V::store(acc + int64_t(k0 + c) * P.mpo + w0 + b * W, a[c][b]);
   }
 
+  // gt[k * t_stride] = sum_w wp[w] g[k][w] for KC components k0.. (a weight vector loaded once for all KC).
+  template <int KC>
+  static void weight_dots(const CompiledPath& P, const T* wp, const T* g, int32_t k0, T* gt) {
+    V acc[KC];
+    for (int c = 0; c < KC; ++c) acc[c] = V::zero();
+    for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
+      const V wv = weight_vec(wp ? wp + w0 : nullptr, P.mul_out - w0);
+      for (int c = 0; c < KC; ++c) acc[c] = V::fma(wv, V::load(g + int64_t(k0 + c) * P.mpo + w0), acc[c]);
+    }
+    for (int c = 0; c < KC; ++c) gt[(k0 + c) * t_stride(P)] = V::hsum(acc[c]);
+  }
+
   // Pairs of w vectors while both lie in the padded row (mpo, a whole number of vectors), then one.
   template <int KC>
   static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
@@ -388,28 +400,40 @@ struct Kernels {
         });
       } else {  // uvw, uuw
         const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1;
-        if (gw) {
+        if (gw) {  // grad W[p][w] += sum_k T_p[k] g[k][w]: one broadcast of T_p[k] per block of 4 w vectors
           pair_scalars(c, P, x1_t, x2_row, x2_t, s.t_scalars);
+          const int64_t stride = t_stride(P);
           for (int64_t u = 0; u < P.mul1; ++u)
-            for (int64_t v = 0; v < vs; ++v)
-              for (int32_t w0 = 0; w0 < P.mul_out; w0 += W) {
-                V acc = V::zero();
-                for (int32_t k = 0; k < P.d3; ++k)
-                  acc = V::fma(V::set1(s.t_scalars[t_index(P, u, v, k)]), V::load(g + int64_t(k) * P.mpo + w0), acc);
-                V::add_n(gw + (u * vs + v) * P.mul_out + w0, acc, P.mul_out - w0);
-              }
+            for (int64_t v = 0; v < vs; ++v) {
+              const T* tp = s.t_scalars + t_index(P, u, v, 0);
+              T* gp = gw + (u * vs + v) * P.mul_out;
+              u_blocks<4>(P.mul_out, [&](auto block, int32_t w0) {
+                constexpr int U = decltype(block)::value;
+                V acc[U];
+                for (int j = 0; j < U; ++j) acc[j] = V::zero();
+                for (int32_t k = 0; k < P.d3; ++k) {
+                  const V t = V::set1(tp[k * stride]);
+                  for (int j = 0; j < U; ++j) acc[j] = V::fma(t, V::load(g + int64_t(k) * P.mpo + w0 + j * W), acc[j]);
+                }
+                for (int j = 0; j < U; ++j) V::add_n(gp + w0 + j * W, acc[j], P.mul_out - w0 - j * W);
+              });
+            }
         }
         if (!gx1_t && !gx2_t) continue;
-        // gT_p[k] = sum_w W[p][w] g[k][w], then the CG contraction back to x1 and x2 (scalars).
+        // gT_p[k] = sum_w W[p][w] g[k][w], then the CG contraction back to x1 and x2.
         for (int64_t u = 0; u < P.mul1; ++u)
-          for (int64_t v = 0; v < vs; ++v)
-            for (int32_t k = 0; k < P.d3; ++k) {
-              V acc = V::zero();
-              const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
-              for (int32_t w0 = 0; w0 < P.mul_out; w0 += W)
-                acc = V::fma(weight_vec(wp ? wp + w0 : nullptr, P.mul_out - w0), V::load(g + int64_t(k) * P.mpo + w0), acc);
-              s.gt_scalars[t_index(P, u, v, k)] = V::hsum(acc);
+          for (int64_t v = 0; v < vs; ++v) {
+            const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
+            T* gt = s.gt_scalars + t_index(P, u, v, 0);
+            int32_t k0 = 0;
+            for (; k0 + 4 <= P.d3; k0 += 4) weight_dots<4>(P, wp, g, k0, gt);
+            switch (P.d3 - k0) {
+              case 3: weight_dots<3>(P, wp, g, k0, gt); break;
+              case 2: weight_dots<2>(P, wp, g, k0, gt); break;
+              case 1: weight_dots<1>(P, wp, g, k0, gt); break;
+              default: break;
             }
+          }
         if (P.mode == Mode::uvw) {
           contract_back_uvw(c, P, a, x2_t + P.x2_t, s.gt_scalars, gx1_t ? gx1_t + P.x1_t : nullptr,
                             gx2_t ? gx2_t + P.x2_t : nullptr);
