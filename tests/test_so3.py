@@ -458,6 +458,21 @@ def test_bad_graph_cuda(gen):
     assert conv(x, y, w, s, s, receiver_order=order, sender_order=order).shape == (4, conv.irreps_out.dim)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_shared_weight_gradient_over_many_samples(dtype, gen):
+    """600 samples: the 64 pieces of the backward hold 9-10 samples each, so the shared weight's uvw / uuw
+    gradient runs full blocks of kGwBlock = 8 stashed samples and partial ones."""
+    r1, r2, ro, ins = PROBLEMS["fc_wide"]
+    f = so3.TensorProduct(r1, r2, ro, ins, shared_weights=True, internal_weights=False)
+    x1, x2, w = _inputs(f, 600, dtype, gen, True)
+    leaves = [t.requires_grad_() for t in (x1, x2, w)]
+    irreps = [[(m, ir.l, ir.p) for m, ir in r] for r in (f.irreps_in1, f.irreps_in2, f.irreps_out)]
+    lv = [t.detach().double().requires_grad_() for t in leaves]
+    g = torch.randn(600, f.irreps_out.dim, generator=gen, dtype=dtype)
+    for a, b in zip(_grads(f(*leaves), leaves, g), _grads(ref_so3.tensor_product(*irreps, ins, *lv), lv, g.double())):
+        assert _rel(a, b) <= TOL[dtype]
+
+
 @pytest.mark.parametrize("shared_call", [False, True])
 def test_broadcast_per_sample_weight(shared_call, gen):
     """A per-sample weight expanded from one row (row stride 0) trains: its gradient sums over the samples."""

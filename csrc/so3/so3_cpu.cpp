@@ -149,6 +149,7 @@ void scratch_offsets(const Compiled& c, int64_t offsets[kScratchParts + 1]) {
   sizes[kGtScalars] = c.max_t_scalars;
   sizes[kColumn] = c.max_mul1_pad;
   sizes[kGradColumn] = c.max_mul1_pad;
+  sizes[kGwStash] = kGwBlock * c.stash_slot;
   offsets[0] = 0;
   for (int part = 0; part < kScratchParts; ++part) offsets[part + 1] = offsets[part] + pad_lanes(sizes[part]);
 }
@@ -236,12 +237,17 @@ Compiled compile_plan(const PlanView& plan, const char* op) {
     if (P.mode == Mode::uvw || P.mode == Mode::uuw) {
       const int64_t per_u = P.mode == Mode::uvw ? int64_t(P.d3) * P.mp2 : P.d3;
       c.max_t_scalars = std::max<int64_t>(c.max_t_scalars, int64_t(P.mul1) * per_u);
+      if (P.weight >= 0) {
+        P.t_stash = c.stash_t;
+        c.stash_t += pad_lanes(int64_t(P.mul1) * per_u);
+      }
     }
     if (P.mode == Mode::uvu && P.mul2 > 1) c.max_mul1_pad = std::max<int64_t>(c.max_mul1_pad, P.mp1);
     if (P.mode == Mode::uuu || P.mode == Mode::uvw) c.needs_x2_t = true;
     c.paths.push_back(P);
   }
   c.pair_cg_bounds.push_back(int32_t(c.cg.size()));
+  c.stash_slot = c.stash_t > 0 ? c.stash_t + pad_lanes(c.t_out) : 0;
   return c;
 }
 

@@ -45,7 +45,7 @@ struct Kernels {
   // Scratch of one piece of work, carved from Work::scratch (parts as in so3_cpu_kernels.h).
   struct Scratch {
     T *x1_t, *x2_t, *acc_t, *grad_t, *gx1_t, *gx2_t, *m, *n_vectors, *t_scalars, *gt_scalars, *column,
-        *grad_column;
+        *grad_column, *gw_stash;
   };
 
   static Scratch carve(const Compiled& c, void* base) {
@@ -54,7 +54,8 @@ struct Kernels {
     T* p = static_cast<T*>(base);
     return Scratch{p + offsets[kX1T], p + offsets[kX2T], p + offsets[kAccT], p + offsets[kGradT],
                    p + offsets[kGx1T], p + offsets[kGx2T], p + offsets[kM], p + offsets[kNVectors],
-                   p + offsets[kTScalars], p + offsets[kGtScalars], p + offsets[kColumn], p + offsets[kGradColumn]};
+                   p + offsets[kTScalars], p + offsets[kGtScalars], p + offsets[kColumn], p + offsets[kGradColumn],
+                   p + offsets[kGwStash]};
   }
 
   // mul_ir row -> T layout (zeros in the padding), and back (parts of the row no block covers become 0).
@@ -237,6 +238,44 @@ struct Kernels {
     for (int c = 0; c < KC; ++c) gt[(k0 + c) * t_stride(P)] = V::hsum(acc[c]);
   }
 
+  // grad W[p][w] += sum_s sum_k T_s,p[k] g_s[k][w] over n samples (ts[s]: T in the t_index layout, gs[s]: the
+  // path's grad_out block): one broadcast of T per block of 4 w vectors, the gradient row touched once.
+  static void add_weight_grad(const CompiledPath& P, const T* const* ts, const T* const* gs, int n, T* gw) {
+    const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1, stride = t_stride(P);
+    for (int64_t u = 0; u < P.mul1; ++u)
+      for (int64_t v = 0; v < vs; ++v) {
+        const int64_t t0 = t_index(P, u, v, 0);
+        T* gp = gw + (u * vs + v) * P.mul_out;
+        u_blocks<4>(P.mul_out, [&](auto block, int32_t w0) {
+          constexpr int U = decltype(block)::value;
+          V acc[U];
+          for (int j = 0; j < U; ++j) acc[j] = V::zero();
+          for (int smp = 0; smp < n; ++smp)
+            for (int32_t k = 0; k < P.d3; ++k) {
+              const V t = V::set1(ts[smp][t0 + k * stride]);
+              const T* gk = gs[smp] + int64_t(k) * P.mpo + w0;
+              for (int j = 0; j < U; ++j) acc[j] = V::fma(t, V::load(gk + j * W), acc[j]);
+            }
+          for (int j = 0; j < U; ++j) V::add_n(gp + w0 + j * W, acc[j], P.mul_out - w0 - j * W);
+        });
+      }
+  }
+
+  // The stashed samples' uvw / uuw weight gradients (stash slots of stash_t + pad(t_out): T, then grad_out).
+  static void flush_weight_grads(const Compiled& c, const T* stash, int n, T* grad_w) {
+    const int64_t slot = c.stash_slot;
+    for (const CompiledPath& P : c.paths) {
+      if (P.t_stash < 0) continue;
+      const T* ts[kGwBlock];
+      const T* gs[kGwBlock];
+      for (int smp = 0; smp < n; ++smp) {
+        ts[smp] = stash + smp * slot + P.t_stash;
+        gs[smp] = stash + smp * slot + c.stash_t + P.out_t;
+      }
+      add_weight_grad(P, ts, gs, n, grad_w + P.weight);
+    }
+  }
+
   // Pairs of w vectors while both lie in the padded row (mpo, a whole number of vectors), then one.
   template <int KC>
   static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
@@ -310,8 +349,10 @@ struct Kernels {
   }
 
   // One sample's gradients: gx1_t and gx2_t (T layout) and grad_w (a mul_ir weight row) are added to.
+  // stash_t: non-null for a shared weight, where the uvw / uuw paths leave their T_p[k] (at P.t_stash) for
+  // gw_block instead of adding to grad_w.
   static void backward_sample(const Compiled& c, const T* x1_t, const T* x2_row, const T* x2_t, const T* w_row,
-                              const T* g_t, const Scratch& s, T* gx1_t, T* gx2_t, T* grad_w) {
+                              const T* g_t, const Scratch& s, T* gx1_t, T* gx2_t, T* grad_w, T* stash_t) {
     for (const CompiledPath& P : c.paths) {
       const T* a = x1_t + P.x1_t;
       const T* g = g_t + P.out_t;
@@ -400,24 +441,11 @@ struct Kernels {
         });
       } else {  // uvw, uuw
         const int64_t vs = P.mode == Mode::uvw ? P.mul2 : 1;
-        if (gw) {  // grad W[p][w] += sum_k T_p[k] g[k][w]: one broadcast of T_p[k] per block of 4 w vectors
+        if (gw && stash_t) {
+          pair_scalars(c, P, x1_t, x2_row, x2_t, stash_t + P.t_stash);
+        } else if (gw) {
           pair_scalars(c, P, x1_t, x2_row, x2_t, s.t_scalars);
-          const int64_t stride = t_stride(P);
-          for (int64_t u = 0; u < P.mul1; ++u)
-            for (int64_t v = 0; v < vs; ++v) {
-              const T* tp = s.t_scalars + t_index(P, u, v, 0);
-              T* gp = gw + (u * vs + v) * P.mul_out;
-              u_blocks<4>(P.mul_out, [&](auto block, int32_t w0) {
-                constexpr int U = decltype(block)::value;
-                V acc[U];
-                for (int j = 0; j < U; ++j) acc[j] = V::zero();
-                for (int32_t k = 0; k < P.d3; ++k) {
-                  const V t = V::set1(tp[k * stride]);
-                  for (int j = 0; j < U; ++j) acc[j] = V::fma(t, V::load(g + int64_t(k) * P.mpo + w0 + j * W), acc[j]);
-                }
-                for (int j = 0; j < U; ++j) V::add_n(gp + w0 + j * W, acc[j], P.mul_out - w0 - j * W);
-              });
-            }
+          add_weight_grad(P, &s.t_scalars, &g, 1, gw);
         }
         if (!gx1_t && !gx2_t) continue;
         // gT_p[k] = sum_w W[p][w] g[k][w], then the CG contraction back to x1 and x2.
@@ -517,6 +545,8 @@ struct Kernels {
     const Scratch s = carve(c, wk.scratch);
     const bool want_x1 = gr.x1 != nullptr, want_x2 = gr.x2 != nullptr;
     const bool shared_w = p.weight_stride == 0;
+    const bool stashing = shared_w && gr.weight && c.stash_slot > 0;  // kGwBlock samples per weight-gradient pass
+    int stashed = 0;
     for (int64_t seg = wk.seg_begin; seg < wk.seg_end; ++seg) {
       const int64_t first = seg_first(wk, seg), last = seg_last(wk, seg);
       if (want_x1) zero_fill(s.gx1_t, c.t1);
@@ -541,8 +571,17 @@ struct Kernels {
             zero_fill(gw, c.weight_numel);
           }
         }
+        T* stash_t = nullptr;
+        if (stashing) {
+          stash_t = s.gw_stash + stashed * c.stash_slot;
+          for (int64_t e = 0; e < c.t_out; ++e) stash_t[c.stash_t + e] = g_t[e];
+        }
         backward_sample(c, x1_of(wk, s, t), x2_row_of(p, t), x2_t_of(wk, s, t), weight_row_of(p, t), g_t, s,
-                        want_x1 ? s.gx1_t : nullptr, want_x2 ? s.gx2_t : nullptr, gw);
+                        want_x1 ? s.gx1_t : nullptr, want_x2 ? s.gx2_t : nullptr, gw, stash_t);
+        if (stashing && ++stashed == kGwBlock) {
+          flush_weight_grads(c, s.gw_stash, stashed, gw);
+          stashed = 0;
+        }
         if (want_x2) from_t(c.x2_blocks, c.dim2, c.x2_covered, s.gx2_t, static_cast<T*>(gr.x2) + t * gr.x2_stride);
       }
       if (want_x1) {
@@ -551,6 +590,7 @@ struct Kernels {
         from_t(c.x1_blocks, c.dim1, c.x1_covered, s.gx1_t, static_cast<T*>(gr.x1) + row * gr.x1_stride);
       }
     }
+    if (stashed) flush_weight_grads(c, s.gw_stash, stashed, static_cast<T*>(wk.shared_grad_weight));
   }
 };
 

@@ -35,6 +35,7 @@ struct CompiledPath {
   int32_t cg_begin = 0, cg_count = 0; // entries sorted by (k, i, j)
   int32_t pair_begin = 0, pair_count = 0;  // distinct (i, k) of the entries, sorted by k
   int32_t k_ranges = 0;  // index of d3 + 1 bounds in Compiled::k_pair_bounds and k_cg_bounds
+  int64_t t_stash = -1;  // weighted uvw / uuw: offset of its T_p[k] in a sample's gradient stash
 };
 
 // A CG nonzero; `pair` indexes Compiled::pairs (its (i, k)).
@@ -61,6 +62,8 @@ struct Compiled {
   int64_t max_pairs = 0;     // most (i, k) pairs of one path
   int64_t max_t_scalars = 0; // most T_p[k] of one uvw / uuw path (mul1 x d3 x mp2, or mul1 x d3)
   int64_t max_mul1_pad = 0;  // longest weight column a uvu path with mul2 > 1 transposes
+  int64_t stash_t = 0;       // T_p[k] of all weighted uvw / uuw paths of one sample (lane-padded per path)
+  int64_t stash_slot = 0;    // one sample's stash: stash_t, then its grad_out row (t_out, lane-padded); 0: none
   bool needs_x2_t = false;   // x2 is needed in the T layout (uuu, uvw)
 };
 
@@ -103,9 +106,14 @@ enum ScratchPart {
   kM, kNVectors,       // uvu: M per (i, k) pair; backward: one vector per pair
   kTScalars, kGtScalars,  // uvw / uuw: T_p[k] and its gradient
   kColumn, kGradColumn,   // uvu with mul2 > 1: a weight column over u and its gradient
+  kGwStash,               // shared weight: T_p[k] (stash_t) and the grad_out row (t_out) of kGwBlock samples
   kScratchParts
 };
 void scratch_offsets(const Compiled& c, int64_t offsets[kScratchParts + 1]);
+// A shared weight's uvw / uuw gradient sums kGwBlock samples' T_p[k] g[k][w] before touching the
+// [weight_numel] partial once: per sample the partial (megabytes for wide fully connected products) was
+// read and written whole.
+constexpr int kGwBlock = 8;
 
 struct CpuKernels {
   const char* name;
