@@ -18,7 +18,7 @@ struct Avx512F32 {
   using T = float;
   static constexpr int W = 16;
   __m512 v;
-  static __mmask16 mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+  static __mmask16 mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
   static Avx512F32 zero() { return {_mm512_setzero_ps()}; }
   static Avx512F32 set1(float x) { return {_mm512_set1_ps(x)}; }
   static Avx512F32 ones_n(int64_t n) { return {_mm512_maskz_mov_ps(mask(n), _mm512_set1_ps(1.0f))}; }
@@ -41,7 +41,7 @@ struct Avx512F64 {
   using T = double;
   static constexpr int W = 8;
   __m512d v;
-  static __mmask8 mask(int64_t n) { return n >= 8 ? __mmask8(0xff) : __mmask8((1u << n) - 1); }
+  static __mmask8 mask(int64_t n) { return n >= 8 ? __mmask8(0xff) : n <= 0 ? 0 : __mmask8((1u << n) - 1); }
   static Avx512F64 zero() { return {_mm512_setzero_pd()}; }
   static Avx512F64 set1(double x) { return {_mm512_set1_pd(x)}; }
   static Avx512F64 ones_n(int64_t n) { return {_mm512_maskz_mov_pd(mask(n), _mm512_set1_pd(1.0))}; }

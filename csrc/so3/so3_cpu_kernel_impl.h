@@ -276,11 +276,11 @@ struct Kernels {
     }
   }
 
-  // Pairs of w vectors while both lie in the padded row (mpo, a whole number of vectors), then one.
+  // Pairs of w vectors while the second still starts below mul_out, then one.
   template <int KC>
   static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
     int32_t w0 = 0;
-    for (; w0 + 2 * W <= P.mpo; w0 += 2 * W) pairs_times_weight_block<KC, 2>(P, ts, w, k0, w0, acc);
+    for (; w0 + W < P.mul_out; w0 += 2 * W) pairs_times_weight_block<KC, 2>(P, ts, w, k0, w0, acc);
     for (; w0 < P.mul_out; w0 += W) pairs_times_weight_block<KC, 1>(P, ts, w, k0, w0, acc);
   }
 
