@@ -111,7 +111,7 @@ def _conv_case(device: str, problem: str, nodes: int, edges: int, pass_: str, im
     return Case("so3_conv", device, problem, {"V": nodes, "E": edges, "pass": pass_}, impl, prepare, rows=edges)
 
 
-def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
+def _tp_case(device: str, problem: str, batch: int, pass_: str, impl: str) -> Case:
     def prepare() -> Prepared:
         import fastops.so3 as so3
 
@@ -126,14 +126,24 @@ def _tp_case(device: str, problem: str, batch: int, impl: str) -> Case:
         w = (torch.randn(plan.weight_numel, generator=gen) if ours.shared_weights
              else torch.randn(batch, plan.weight_numel, generator=gen))
         tp = ours if impl == "fastops" else memo(("e3nn_tp", problem), lambda: _e3nn_tp(ours))
-
-        def run(operands):
-            with torch.no_grad():
-                return tp(*operands)
         nbytes = 4 * (x1.numel() + x2.numel() + w.numel() + batch * plan.irreps_out.dim)
-        return Prepared(run, Rotation((x1, x2, w), device), nbytes, batch * plan.flops_per_sample(), torch.float32)
+        flops = batch * plan.flops_per_sample()
+        if pass_ == "fwd":
+            def run(operands):
+                with torch.no_grad():
+                    return tp(*operands)
+            operands = (x1, x2, w)
+        else:
+            grad = torch.randn(batch, plan.irreps_out.dim, generator=gen)
 
-    return Case("so3_tp", device, problem, {"Z": batch, "pass": "fwd"}, impl, prepare, rows=batch)
+            def run(operands):
+                return torch.autograd.grad(tp(*operands), operands, grad)
+            operands = tuple(t.detach().requires_grad_() for t in (x1, x2, w))
+            nbytes *= 2
+            flops += batch * plan.flops_per_sample(backward=True)
+        return Prepared(run, Rotation(operands, device), nbytes, flops, torch.float32)
+
+    return Case("so3_tp", device, problem, {"Z": batch, "pass": pass_}, impl, prepare, rows=batch)
 
 
 def _sh_irreps(lmax: int) -> str:
@@ -260,7 +270,8 @@ def build_cases(device: str, quick: bool) -> list[Case]:
                 impls = ("fastops", "e3nn") if edges <= 10_000 else ("fastops",)
                 cases += [_conv_case(device, problem, nodes, edges, pass_, impl) for impl in impls]
     for problem, batch in plan["tp"]:
-        cases += [_tp_case(device, problem, batch, impl) for impl in ("fastops", "e3nn")]
+        cases += [_tp_case(device, problem, batch, pass_, impl) for pass_ in ("fwd", "fwd_bwd")
+                  for impl in ("fastops", "e3nn")]
     return cases
 
 
