@@ -241,6 +241,10 @@ Compiled compile_plan(const PlanView& plan, const char* op) {
         P.t_stash = c.stash_t;
         c.stash_t += pad_lanes(int64_t(P.mul1) * per_u);
       }
+      if (P.weight >= 0 && P.mode == Mode::uvw) {
+        P.wt = c.wt_numel;
+        c.wt_numel += int64_t(P.mul1) * P.mul_out * P.mp2;
+      }
     }
     if (P.mode == Mode::uvu && P.mul2 > 1) c.max_mul1_pad = std::max<int64_t>(c.max_mul1_pad, P.mp1);
     if (P.mode == Mode::uuu || P.mode == Mode::uvw) c.needs_x2_t = true;
@@ -265,6 +269,19 @@ void* piece_scratch(const Compiled& c, Real dtype) {
   int64_t offsets[detail::kScratchParts + 1];
   detail::scratch_offsets(c, offsets);
   return buffer.grow(std::size_t(offsets[detail::kScratchParts]) * elem_bytes(dtype));
+}
+
+// The shared weight's uvw blocks in the [u][w][v] layout of CompiledPath::wt (padding lanes zero), so the
+// backward's gT[u][k][v] = sum_w W[u][v][w] g[k][w] runs in vectors over v.
+template <class T>
+void transpose_uvw_weights(const Compiled& c, const T* weight, T* out) {
+  for (const detail::CompiledPath& P : c.paths) {
+    if (P.wt < 0) continue;
+    for (int64_t u = 0; u < P.mul1; ++u)
+      for (int64_t v = 0; v < P.mul2; ++v)
+        for (int64_t w = 0; w < P.mul_out; ++w)
+          out[P.wt + (u * P.mul_out + w) * P.mp2 + v] = weight[P.weight + (u * P.mul2 + v) * P.mul_out + w];
+  }
 }
 
 void pre_transpose(const Compiled& c, const std::vector<detail::Block>& blocks, int64_t t_len, const void* rows,
@@ -363,6 +380,14 @@ void backward_cpu(const Problem& p, const int64_t* order, const void* grad_out, 
     pre_transpose(c, c.out_blocks, c.t_out, grad_out, grad_out_stride, p.out_rows, p.dtype, &grad_t, nthreads);
 
   int64_t pieces = std::min(segments, detail::kMaxPieces);
+  AlignedBuffer weight_t;  // zero-filled: the padding lanes stay 0
+  if (p.weight && p.weight_stride == 0 && c.wt_numel > 0 && (grads.x1 || grads.x2)) {
+    weight_t.resize(std::size_t(c.wt_numel) * elem);
+    if (p.dtype == Real::f64)
+      transpose_uvw_weights(c, static_cast<const double*>(p.weight), reinterpret_cast<double*>(weight_t.data()));
+    else
+      transpose_uvw_weights(c, static_cast<const float*>(p.weight), reinterpret_cast<float*>(weight_t.data()));
+  }
   AlignedBuffer partials;
   if (shared_w) {
     // Each piece sums its own copy of the weight gradient; at most 64 MiB of them.
@@ -386,6 +411,7 @@ void backward_cpu(const Problem& p, const int64_t* order, const void* grad_out, 
       w.grad_out_stride = grad_out_stride;
       w.grads = grads;
       w.shared_grad_weight = shared_w ? partials.data() + std::size_t(piece * c.weight_numel) * elem : nullptr;
+      w.weight_t = weight_t.size() ? weight_t.data() : nullptr;
       (p.dtype == Real::f64 ? k.backward_f64 : k.backward_f32)(w);
     }
   });

@@ -276,6 +276,34 @@ struct Kernels {
     }
   }
 
+  // uvw with the weight transposed (wt: [u][w][v], v padded to mp2): gT[u][k][v] = sum_w wt[u][w][v] g[k][w]
+  // in vectors over v, KC components at once (no horizontal sums).
+  template <int KC>
+  static void transposed_dots(const CompiledPath& P, const T* wt, const T* g, int64_t u, int32_t v0, int32_t k0,
+                              T* gts) {
+    V acc[KC];
+    for (int c = 0; c < KC; ++c) acc[c] = V::zero();
+    const T* wu = wt + u * P.mul_out * P.mp2 + v0;
+    for (int32_t w = 0; w < P.mul_out; ++w) {
+      const V wv = V::load(wu + int64_t(w) * P.mp2);
+      for (int c = 0; c < KC; ++c) acc[c] = V::fma(V::set1(g[int64_t(k0 + c) * P.mpo + w]), wv, acc[c]);
+    }
+    for (int c = 0; c < KC; ++c) V::store(gts + t_index(P, u, v0, k0 + c), acc[c]);
+  }
+  static void transposed_weight_dots(const CompiledPath& P, const T* wt, const T* g, T* gts) {
+    for (int64_t u = 0; u < P.mul1; ++u)
+      for (int32_t v0 = 0; v0 < P.mul2; v0 += W) {
+        int32_t k0 = 0;
+        for (; k0 + 4 <= P.d3; k0 += 4) transposed_dots<4>(P, wt, g, u, v0, k0, gts);
+        switch (P.d3 - k0) {
+          case 3: transposed_dots<3>(P, wt, g, u, v0, k0, gts); break;
+          case 2: transposed_dots<2>(P, wt, g, u, v0, k0, gts); break;
+          case 1: transposed_dots<1>(P, wt, g, u, v0, k0, gts); break;
+          default: break;
+        }
+      }
+  }
+
   // Pairs of w vectors while the second still starts below mul_out, then one.
   template <int KC>
   static void pairs_times_weight(const CompiledPath& P, const T* ts, const T* w, int32_t k0, T* acc) {
@@ -351,8 +379,10 @@ struct Kernels {
   // One sample's gradients: gx1_t and gx2_t (T layout) and grad_w (a mul_ir weight row) are added to.
   // stash_t: non-null for a shared weight, where the uvw / uuw paths leave their T_p[k] (at P.t_stash) for
   // gw_block instead of adding to grad_w.
+  // weight_t: the shared weight's uvw blocks transposed (BackwardWork::weight_t) or null.
   static void backward_sample(const Compiled& c, const T* x1_t, const T* x2_row, const T* x2_t, const T* w_row,
-                              const T* g_t, const Scratch& s, T* gx1_t, T* gx2_t, T* grad_w, T* stash_t) {
+                              const T* g_t, const Scratch& s, T* gx1_t, T* gx2_t, T* grad_w, T* stash_t,
+                              const T* weight_t) {
     for (const CompiledPath& P : c.paths) {
       const T* a = x1_t + P.x1_t;
       const T* g = g_t + P.out_t;
@@ -449,19 +479,23 @@ struct Kernels {
         }
         if (!gx1_t && !gx2_t) continue;
         // gT_p[k] = sum_w W[p][w] g[k][w], then the CG contraction back to x1 and x2.
-        for (int64_t u = 0; u < P.mul1; ++u)
-          for (int64_t v = 0; v < vs; ++v) {
-            const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
-            T* gt = s.gt_scalars + t_index(P, u, v, 0);
-            int32_t k0 = 0;
-            for (; k0 + 4 <= P.d3; k0 += 4) weight_dots<4>(P, wp, g, k0, gt);
-            switch (P.d3 - k0) {
-              case 3: weight_dots<3>(P, wp, g, k0, gt); break;
-              case 2: weight_dots<2>(P, wp, g, k0, gt); break;
-              case 1: weight_dots<1>(P, wp, g, k0, gt); break;
-              default: break;
+        if (weight_t && P.wt >= 0) {
+          transposed_weight_dots(P, weight_t + P.wt, g, s.gt_scalars);
+        } else {
+          for (int64_t u = 0; u < P.mul1; ++u)
+            for (int64_t v = 0; v < vs; ++v) {
+              const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
+              T* gt = s.gt_scalars + t_index(P, u, v, 0);
+              int32_t k0 = 0;
+              for (; k0 + 4 <= P.d3; k0 += 4) weight_dots<4>(P, wp, g, k0, gt);
+              switch (P.d3 - k0) {
+                case 3: weight_dots<3>(P, wp, g, k0, gt); break;
+                case 2: weight_dots<2>(P, wp, g, k0, gt); break;
+                case 1: weight_dots<1>(P, wp, g, k0, gt); break;
+                default: break;
+              }
             }
-          }
+        }
         if (P.mode == Mode::uvw) {
           contract_back_uvw(c, P, a, x2_t + P.x2_t, s.gt_scalars, gx1_t ? gx1_t + P.x1_t : nullptr,
                             gx2_t ? gx2_t + P.x2_t : nullptr);
@@ -577,7 +611,8 @@ struct Kernels {
           for (int64_t e = 0; e < c.t_out; ++e) stash_t[c.stash_t + e] = g_t[e];
         }
         backward_sample(c, x1_of(wk, s, t), x2_row_of(p, t), x2_t_of(wk, s, t), weight_row_of(p, t), g_t, s,
-                        want_x1 ? s.gx1_t : nullptr, want_x2 ? s.gx2_t : nullptr, gw, stash_t);
+                        want_x1 ? s.gx1_t : nullptr, want_x2 ? s.gx2_t : nullptr, gw, stash_t,
+                        static_cast<const T*>(wk.weight_t));
         if (stashing && ++stashed == kGwBlock) {
           flush_weight_grads(c, s.gw_stash, stashed, gw);
           stashed = 0;

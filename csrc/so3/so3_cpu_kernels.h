@@ -36,6 +36,7 @@ struct CompiledPath {
   int32_t pair_begin = 0, pair_count = 0;  // distinct (i, k) of the entries, sorted by k
   int32_t k_ranges = 0;  // index of d3 + 1 bounds in Compiled::k_pair_bounds and k_cg_bounds
   int64_t t_stash = -1;  // weighted uvw / uuw: offset of its T_p[k] in a sample's gradient stash
+  int64_t wt = -1;       // weighted uvw: offset of its transposed weight [u][w][v (mp2)] (Work::weight_t)
 };
 
 // A CG nonzero; `pair` indexes Compiled::pairs (its (i, k)).
@@ -64,6 +65,7 @@ struct Compiled {
   int64_t max_mul1_pad = 0;  // longest weight column a uvu path with mul2 > 1 transposes
   int64_t stash_t = 0;       // T_p[k] of all weighted uvw / uuw paths of one sample (lane-padded per path)
   int64_t stash_slot = 0;    // one sample's stash: stash_t, then its grad_out row (t_out, lane-padded); 0: none
+  int64_t wt_numel = 0;      // a shared weight's weighted uvw blocks transposed to [u][w][v], v padded to mp2
   bool needs_x2_t = false;   // x2 is needed in the T layout (uuu, uvw)
 };
 
@@ -95,7 +97,9 @@ struct BackwardWork : Work {
   int64_t grad_out_stride = 0;
   Grads grads;
   void* shared_grad_weight = nullptr;  // weight_stride == 0: this piece's partial sum [weight_numel] (zeroed)
+  const void* weight_t = nullptr;      // shared weight, grad x1 or x2 wanted: [wt_numel] (CompiledPath::wt)
 };
+
 
 // Scratch of one piece of work, in elements of the problem's dtype: part p starts at offsets[p] (a
 // multiple of kLanePad); offsets[kScratchParts] is the total.
