@@ -181,13 +181,18 @@ def test_custom_op_compiles_through_the_dispatcher():
 def test_check_indices():
     from fastops._core import check_indices
     idx = torch.tensor([0, 3, 1])
-    check_indices("op", (("a", idx, 4), ("b", None, 4), ("c", torch.tensor([2, 0, 1]), 3, True)))
+    key = torch.tensor([5, 9, 7])  # sorted by: 0, 2, 1
+    check_indices("op", (("a", idx, 4), ("b", None, 4), ("c", torch.tensor([0, 2, 1]), 3, key)))
     with pytest.raises(ValueError, match=r"op: a has entries outside \[0, 3\)"):
         check_indices("op", (("a", idx, 3),))
     with pytest.raises(ValueError, match=r"op: n has entries outside \[0, 4\)"):
         check_indices("op", (("a", idx, 4), ("n", torch.tensor([-1]), 4)))
-    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 3\)"):
-        check_indices("op", (("p", torch.tensor([0, 0, 1]), 3, True),))
+    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 3\) that sorts"):
+        check_indices("op", (("p", torch.tensor([0, 0, 2]), 3, key),))  # sorted keys, not a permutation
+    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 3\) that sorts"):
+        check_indices("op", (("p", torch.tensor([0, 1, 2]), 3, key),))  # a permutation, keys 5 9 7
+    with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 3\) that sorts"):
+        check_indices("op", (("p", torch.tensor([0, 2, 7]), 3, key),))  # out of range: no gather fault
     with pytest.raises(ValueError, match=r"op: p must be a permutation of \[0, 4\); it has 3 entries"):
-        check_indices("op", (("p", idx, 4, True),))
+        check_indices("op", (("p", idx, 4, key),))
     check_indices("op", (("empty", torch.tensor([], dtype=torch.int64), 0),))

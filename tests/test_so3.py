@@ -454,8 +454,11 @@ def test_bad_graph_cuda(gen):
         conv(x, y, w, s, s, receiver_order=torch.zeros(5, dtype=torch.int64).cuda())
     with pytest.raises(ValueError, match="sender_order must be a permutation"):
         conv(x, y, w, s, s, sender_order=torch.tensor([0, 1, 2, 3, 5]).cuda())
-    order = torch.tensor([4, 3, 2, 1, 0]).cuda()  # a permutation, though not sorted by receiver: accepted
-    assert conv(x, y, w, s, s, receiver_order=order, sender_order=order).shape == (4, conv.irreps_out.dim)
+    with pytest.raises(ValueError, match="receiver_order must be a permutation .* that sorts"):
+        conv(x, y, w, s, s, receiver_order=torch.tensor([4, 3, 2, 1, 0]).cuda())  # keys 0 3 2 1 0
+    r_order, s_order = so3.edge_orders(s, s)
+    got = conv(x, y, w, s, s, receiver_order=r_order, sender_order=s_order)
+    torch.testing.assert_close(got, conv(x, y, w, s, s))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -81,27 +81,32 @@ def check_device_usable(op: str, t: torch.Tensor) -> None:
 
 
 def check_indices(op: str, checks: Sequence[tuple]) -> None:
-    """Each (name, index, rows[, permutation]): an int64 index vector, all on one device, whose entries must lie
-    in [0, rows) or, with permutation=True, hold each of 0..rows-1 once; ValueError names the first bad one.
-    On CUDA the checks cost one host synchronization together, so they are skipped while torch.compile traces
-    or a CUDA graph is captured (no synchronization is possible there): indices are trusted then."""
-    pending = [(c[0], c[1], c[2], len(c) > 3 and c[3]) for c in checks if c[1] is not None and c[1].numel()]
+    """Each (name, index, rows[, sorts]): an int64 index vector, all on one device, whose entries must lie in
+    [0, rows), or, when `sorts` is given (a [rows] key tensor), that must be a permutation of [0, rows)
+    listing the keys in non-decreasing order (an order of samples by reduced row); ValueError names the
+    first bad one. On CUDA the checks cost one host synchronization together, so they are skipped while
+    torch.compile traces or a CUDA graph is captured (no synchronization is possible there): indices are
+    trusted then."""
+    pending = [(c[0], c[1], c[2], c[3] if len(c) > 3 else None) for c in checks if c[1] is not None and c[1].numel()]
     if not pending or torch.compiler.is_compiling():
         return
     if pending[0][1].device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return
     flags = []
-    for name, index, rows, permutation in pending:
-        if permutation:
-            if index.numel() != rows:
-                raise ValueError(f"{op}: {name} must be a permutation of [0, {rows}); it has {index.numel()} entries")
-            flags.append((index.sort().values != torch.arange(rows, device=index.device)).any())
-        else:
+    for name, index, rows, sorts in pending:
+        if sorts is None:
             flags.append(((index < 0) | (index >= rows)).any())
-    for (name, _, rows, permutation), bad in zip(pending, torch.stack(flags).tolist()):  # the one synchronization
+            continue
+        if index.numel() != rows:
+            raise ValueError(f"{op}: {name} must be a permutation of [0, {rows}); it has {index.numel()} entries")
+        keys = sorts[index.clamp(0, rows - 1)]  # clamped: a bad entry fails the permutation test, not the gather
+        flags.append((index.sort().values != torch.arange(rows, device=index.device)).any() |
+                     (keys[1:] < keys[:-1]).any())
+    for (name, _, rows, sorts), bad in zip(pending, torch.stack(flags).tolist()):  # the one synchronization
         if bad:
-            raise ValueError(f"{op}: {name} must be a permutation of [0, {rows})" if permutation else
-                             f"{op}: {name} has entries outside [0, {rows})")
+            raise ValueError(f"{op}: {name} has entries outside [0, {rows})" if sorts is None else
+                             f"{op}: {name} must be a permutation of [0, {rows}) that sorts the samples by their "
+                             "reduced row (so3.edge_orders gives both orders)")
 
 
 @functools.lru_cache(maxsize=None)

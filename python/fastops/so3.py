@@ -568,8 +568,8 @@ class TensorProductConv(_TPBase):
             if t is not None and t.device != x.device:
                 raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
         if x.device.type == "cuda":  # the CPU binding checks the orders itself
-            check_indices(op, (("receiver_order", receiver_order, edges, True),
-                               ("sender_order", sender_order, edges, True)))
+            check_indices(op, (("receiver_order", receiver_order, edges, receivers),
+                               ("sender_order", sender_order, edges, senders)))
         if receiver_order is None or sender_order is None:
             r_order, s_order = edge_orders(senders, receivers)
             receiver_order = r_order if receiver_order is None else receiver_order
