@@ -161,6 +161,20 @@ struct Kernels {
     }
   }
 
+  // Calls f(std::integral_constant<int, KC>, k0) over the d3 output components in blocks of KC = 4, then
+  // one block of the 3, 2 or 1 left (KC accumulators in registers).
+  template <class F>
+  static void k_blocks(int32_t d3, F&& f) {
+    int32_t k0 = 0;
+    for (; k0 + 4 <= d3; k0 += 4) f(std::integral_constant<int, 4>{}, k0);
+    switch (d3 - k0) {
+      case 3: f(std::integral_constant<int, 3>{}, k0); break;
+      case 2: f(std::integral_constant<int, 2>{}, k0); break;
+      case 1: f(std::integral_constant<int, 1>{}, k0); break;
+      default: break;
+    }
+  }
+
   // Calls f(std::integral_constant<int, U>, u0) over the vectors of `mul` channels in blocks of U = MaxU,
   // then 4, then 1 vectors: U independent accumulator chains hide the FMA latency.
   template <int MaxU, class F>
@@ -293,14 +307,9 @@ struct Kernels {
   static void transposed_weight_dots(const CompiledPath& P, const T* wt, const T* g, T* gts) {
     for (int64_t u = 0; u < P.mul1; ++u)
       for (int32_t v0 = 0; v0 < P.mul2; v0 += W) {
-        int32_t k0 = 0;
-        for (; k0 + 4 <= P.d3; k0 += 4) transposed_dots<4>(P, wt, g, u, v0, k0, gts);
-        switch (P.d3 - k0) {
-          case 3: transposed_dots<3>(P, wt, g, u, v0, k0, gts); break;
-          case 2: transposed_dots<2>(P, wt, g, u, v0, k0, gts); break;
-          case 1: transposed_dots<1>(P, wt, g, u, v0, k0, gts); break;
-          default: break;
-        }
+        k_blocks(P.d3, [&](auto kc, int32_t k0) {
+          transposed_dots<decltype(kc)::value>(P, wt, g, u, v0, k0, gts);
+        });
       }
   }
 
@@ -364,14 +373,9 @@ struct Kernels {
         });
       } else {  // uvw, uuw
         pair_scalars(c, P, x1_t, x2_row, x2_t, s.t_scalars);
-        int32_t k0 = 0;
-        for (; k0 + 4 <= P.d3; k0 += 4) pairs_times_weight<4>(P, s.t_scalars, w, k0, o);
-        switch (P.d3 - k0) {
-          case 3: pairs_times_weight<3>(P, s.t_scalars, w, k0, o); break;
-          case 2: pairs_times_weight<2>(P, s.t_scalars, w, k0, o); break;
-          case 1: pairs_times_weight<1>(P, s.t_scalars, w, k0, o); break;
-          default: break;
-        }
+        k_blocks(P.d3, [&](auto kc, int32_t k0) {
+          pairs_times_weight<decltype(kc)::value>(P, s.t_scalars, w, k0, o);
+        });
       }
     }
   }
@@ -486,14 +490,9 @@ struct Kernels {
             for (int64_t v = 0; v < vs; ++v) {
               const T* wp = w ? w + (u * vs + v) * P.mul_out : nullptr;
               T* gt = s.gt_scalars + t_index(P, u, v, 0);
-              int32_t k0 = 0;
-              for (; k0 + 4 <= P.d3; k0 += 4) weight_dots<4>(P, wp, g, k0, gt);
-              switch (P.d3 - k0) {
-                case 3: weight_dots<3>(P, wp, g, k0, gt); break;
-                case 2: weight_dots<2>(P, wp, g, k0, gt); break;
-                case 1: weight_dots<1>(P, wp, g, k0, gt); break;
-                default: break;
-              }
+              k_blocks(P.d3, [&](auto kc, int32_t k0) {
+                weight_dots<decltype(kc)::value>(P, wp, g, k0, gt);
+              });
             }
         }
         if (P.mode == Mode::uvw) {

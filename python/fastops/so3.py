@@ -29,6 +29,7 @@ from ._so3_math import (Irrep, Irreps, angles_to_matrix, matrix_to_angles, rand_
 
 MODES = {"uvw": 0, "uvu": 1, "uuw": 2, "uuu": 3}
 _PATH_FIELDS = 13
+_MULTIPLICITY_FIELDS = slice(4, 7)  # mul1, mul2, mul_out of a path row (csrc/so3/so3.h PathField)
 _REAL_DTYPES = (torch.float32, torch.float64)
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 
@@ -149,7 +150,7 @@ class TPPlan:
         """The paths the kernels run: those with no empty block (multiplicity 0, legal in e3nn). Such a path
         adds nothing and owns no weights, and its empty block shares an offset with the next block, which
         the kernels read as the same block."""
-        return self.paths[(self.paths[:, 4:7] > 0).all(dim=1)].contiguous()
+        return self.paths[(self.paths[:, _MULTIPLICITY_FIELDS] > 0).all(dim=1)].contiguous()
 
     def _make_handle(self):
         # The validated tables and the CPU kernels' compiled form, built once (csrc/bindings/so3.cpp).
