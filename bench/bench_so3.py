@@ -70,6 +70,19 @@ def _graph(nodes: int, edges: int, d1: int, d2: int, weight_numel: int):
     return x, y, w, senders, receivers
 
 
+def _pass_runner(pass_: str, forward, operands: tuple, grad: torch.Tensor):
+    """(run, operands) for pass "fwd" (no autograd) or "fwd_bwd" (every operand's gradient against grad)."""
+    if pass_ == "fwd":
+        def run(ops):
+            with torch.no_grad():
+                return forward(*ops)
+        return run, operands
+
+    def run(ops):
+        return torch.autograd.grad(forward(*ops), ops, grad)
+    return run, tuple(t.detach().requires_grad_() for t in operands)
+
+
 def _conv_case(device: str, problem: str, nodes: int, edges: int, pass_: str, impl: str) -> Case:
     def prepare() -> Prepared:
         import fastops.so3 as so3
@@ -91,15 +104,7 @@ def _conv_case(device: str, problem: str, nodes: int, edges: int, pass_: str, im
             def forward(x, y, w):
                 return torch.zeros(nodes, dout).index_add_(0, r, tp(x[s], y, w))
 
-        if pass_ == "fwd":
-            def run(operands):
-                with torch.no_grad():
-                    return forward(*operands)
-            operands = (x, y, w)
-        else:
-            def run(operands):
-                return torch.autograd.grad(forward(*operands), operands, grad)
-            operands = tuple(t.detach().requires_grad_() for t in (x, y, w))
+        run, operands = _pass_runner(pass_, forward, (x, y, w), grad)
         fwd_flops, bwd_flops = plan.flops_per_sample(), plan.flops_per_sample(backward=True)
         nbytes = 4 * (x.numel() + y.numel() + w.numel() + nodes * dout)
         flops = edges * fwd_flops
@@ -128,17 +133,9 @@ def _tp_case(device: str, problem: str, batch: int, pass_: str, impl: str) -> Ca
         tp = ours if impl == "fastops" else memo(("e3nn_tp", problem), lambda: _e3nn_tp(ours))
         nbytes = 4 * (x1.numel() + x2.numel() + w.numel() + batch * plan.irreps_out.dim)
         flops = batch * plan.flops_per_sample()
-        if pass_ == "fwd":
-            def run(operands):
-                with torch.no_grad():
-                    return tp(*operands)
-            operands = (x1, x2, w)
-        else:
-            grad = torch.randn(batch, plan.irreps_out.dim, generator=gen)
-
-            def run(operands):
-                return torch.autograd.grad(tp(*operands), operands, grad)
-            operands = tuple(t.detach().requires_grad_() for t in (x1, x2, w))
+        grad = torch.randn(batch, plan.irreps_out.dim, generator=gen)
+        run, operands = _pass_runner(pass_, tp, (x1, x2, w), grad)
+        if pass_ == "fwd_bwd":
             nbytes *= 2
             flops += batch * plan.flops_per_sample(backward=True)
         return Prepared(run, Rotation(operands, device), nbytes, flops, torch.float32)
