@@ -301,13 +301,38 @@ Rows row_bytes_to_float(__m128i v) {
   return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))};
 }
 
+// Visits the elements k = 32 kb + kk < K of k block kb of the tile: f(kk, side, bit, code), where bit[i]
+// holds plane i's bit of the 16 rows (one byte per row) in the 128-bit half `side`, and code (kCode only)
+// their uniform code, both for the two lanes 2h + side of the block's halves.
+template <int kBits, bool kCode, class F>
+void for_each_kblock_element(const DequantTile& t, int64_t kb, F&& f) {
+  const __m256i one = _mm256_set1_epi8(1);
+  __m256i plane[kBits][2];  // [plane][half]: half h holds block lanes 2h and 2h + 1
+  for (int i = 0; i < kBits; ++i)
+    for (int h = 0; h < 2; ++h)
+      plane[i][h] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
+  const int64_t k_valid = t.k - kb * kBlockK;
+  for (int b = 0; b < 8; ++b)
+    for (int h = 0; h < 2; ++h) {
+      __m256i bit[kBits];
+      for (int i = 0; i < kBits; ++i) bit[i] = _mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one);
+      __m256i code = bit[0];
+      if constexpr (kCode)
+        for (int i = 1; i < kBits; ++i) code = _mm256_or_si256(code, _mm256_slli_epi16(bit[i], i));
+      for (int side = 0; side < 2; ++side) {
+        const int kk = 16 * (b / 4) + 4 * (2 * h + side) + b % 4;  // chunk lane + 4 (b / 4), element b % 4
+        if (kk < k_valid) f(kk, side, bit, code);
+      }
+    }
+}
+
 // k block kb of the tile: the 16 rows' values at k = 32 kb + kk land at out + kk * stride elements.
 template <int kBits, Scheme S, bool kBf16>
 void dequant_kblock(const DequantTile& t, int64_t kb, unsigned char* out, int64_t stride) {
   constexpr int ncoef = S == Scheme::bcq ? kBits : 1;
   constexpr int64_t elem = kBf16 ? 2 : 4;
   const int64_t per_group = t.group_size / kBlockK;
-  const __m256i one = _mm256_set1_epi8(1);
   const __m256 sign_flip = _mm256_set1_ps(-0.0f);
   const float* coef = t.coef + (kb / per_group) * ncoef * kTileRows;
   const float* zero = t.zero + (kb / per_group) * kTileRows;
@@ -315,43 +340,26 @@ void dequant_kblock(const DequantTile& t, int64_t kb, unsigned char* out, int64_
   Rows c[ncoef];
   for (int a = 0; a < ncoef; ++a)
     c[a] = {_mm256_loadu_ps(coef + a * kTileRows), _mm256_loadu_ps(coef + a * kTileRows + 8)};
-  __m256i plane[kBits][2];  // [plane][half]: half h holds block lanes 2h and 2h + 1
-  for (int i = 0; i < kBits; ++i)
-    for (int h = 0; h < 2; ++h)
-      plane[i][h] = _mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
-  const int64_t k_valid = t.k - kb * kBlockK;
-  for (int b = 0; b < 8; ++b) {
-    for (int h = 0; h < 2; ++h) {
-      __m256i bit[kBits];
-      for (int i = 0; i < kBits; ++i) bit[i] = _mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one);
-      __m256i code = bit[0];
-      if constexpr (S == Scheme::uniform)
-        for (int i = 1; i < kBits; ++i) code = _mm256_or_si256(code, _mm256_slli_epi16(bit[i], i));
-      for (int side = 0; side < 2; ++side) {
-        const int lane = 2 * h + side;
-        const int kk = 16 * (b / 4) + 4 * lane + b % 4;  // chunk lane + 4 (b / 4), element b % 4
-        if (kk >= k_valid) continue;
-        Rows v;
-        if constexpr (S == Scheme::uniform) {
-          const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
-          v = {_mm256_mul_ps(c[0].lo, _mm256_sub_ps(q.lo, z.lo)), _mm256_mul_ps(c[0].hi, _mm256_sub_ps(q.hi, z.hi))};
-        } else {
-          v = z;
-          for (int i = 0; i < kBits; ++i) {
-            // bit 1 -> +alpha, 0 -> -alpha: the sign bit of (1 - bit) << 31 flips alpha
-            const __m128i set = side ? _mm256_extracti128_si256(bit[i], 1) : _mm256_castsi256_si128(bit[i]);
-            const __m128i clear = _mm_xor_si128(set, _mm_set1_epi8(1));
-            const __m256 flip_lo = _mm256_and_ps(sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(clear), 31)));
-            const __m256 flip_hi = _mm256_and_ps(
-                sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(clear, 8)), 31)));
-            v = {_mm256_add_ps(v.lo, _mm256_xor_ps(c[i].lo, flip_lo)), _mm256_add_ps(v.hi, _mm256_xor_ps(c[i].hi, flip_hi))};
-          }
-        }
-        store_tile_rows<kBf16>(out + kk * stride * elem, v.lo, v.hi);
+  for_each_kblock_element<kBits, S == Scheme::uniform>(t, kb, [&](int kk, int side, const __m256i(&bit)[kBits],
+                                                                  __m256i code) {
+    Rows v;
+    if constexpr (S == Scheme::uniform) {
+      const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
+      v = {_mm256_mul_ps(c[0].lo, _mm256_sub_ps(q.lo, z.lo)), _mm256_mul_ps(c[0].hi, _mm256_sub_ps(q.hi, z.hi))};
+    } else {
+      v = z;
+      for (int i = 0; i < kBits; ++i) {
+        // bit 1 -> +alpha, 0 -> -alpha: the sign bit of (1 - bit) << 31 flips alpha
+        const __m128i set = side ? _mm256_extracti128_si256(bit[i], 1) : _mm256_castsi256_si128(bit[i]);
+        const __m128i clear = _mm_xor_si128(set, _mm_set1_epi8(1));
+        const __m256 flip_lo = _mm256_and_ps(sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(clear), 31)));
+        const __m256 flip_hi = _mm256_and_ps(
+            sign_flip, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(clear, 8)), 31)));
+        v = {_mm256_add_ps(v.lo, _mm256_xor_ps(c[i].lo, flip_lo)), _mm256_add_ps(v.hi, _mm256_xor_ps(c[i].hi, flip_hi))};
       }
     }
-  }
+    store_tile_rows<kBf16>(out + kk * stride * elem, v.lo, v.hi);
+  });
 }
 
 template <int kBits, Scheme S, bool kBf16>
@@ -412,34 +420,19 @@ float sum_block(const float* x, int count) {
 template <int kBits>
 void precise_tile_uniform_token(const DequantTile& t, const float* x, float* acc) {
   const int64_t per_group = t.group_size / kBlockK, kblocks = k_blocks(t.k);
-  const __m256i one = _mm256_set1_epi8(1);
   const __m256 zero = _mm256_setzero_ps();
   __m256 y_lo = zero, y_hi = zero;
   __m256 g_lo[2] = {zero, zero}, g_hi[2] = {zero, zero};
   float x_group = 0.0f;
   for (int64_t kb = 0; kb < kblocks; ++kb) {
-    __m256i plane[kBits][2];
-    for (int i = 0; i < kBits; ++i)
-      for (int h = 0; h < 2; ++h)
-        plane[i][h] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(t.planes + (kb * kBits + i) * kBlockBytes + 32 * h));
-    const int k_valid = int(t.k - kb * kBlockK < kBlockK ? t.k - kb * kBlockK : kBlockK);
     const float* xb = x + kb * kBlockK;
-    x_group += sum_block(xb, k_valid);
-    for (int b = 0; b < 8; ++b)
-      for (int h = 0; h < 2; ++h) {
-        __m256i code = _mm256_and_si256(_mm256_srli_epi16(plane[0][h], b), one);
-        for (int i = 1; i < kBits; ++i)
-          code = _mm256_or_si256(code, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(plane[i][h], b), one), i));
-        for (int side = 0; side < 2; ++side) {
-          const int kk = 16 * (b / 4) + 4 * (2 * h + side) + b % 4;  // as in dequant_kblock
-          if (kk >= k_valid) continue;
-          const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
-          const __m256 xv = _mm256_broadcast_ss(xb + kk);
-          g_lo[side] = _mm256_fmadd_ps(q.lo, xv, g_lo[side]);
-          g_hi[side] = _mm256_fmadd_ps(q.hi, xv, g_hi[side]);
-        }
-      }
+    x_group += sum_block(xb, int(t.k - kb * kBlockK < kBlockK ? t.k - kb * kBlockK : kBlockK));
+    for_each_kblock_element<kBits, true>(t, kb, [&](int kk, int side, const __m256i(&)[kBits], __m256i code) {
+      const Rows q = row_bytes_to_float(side ? _mm256_extracti128_si256(code, 1) : _mm256_castsi256_si128(code));
+      const __m256 xv = _mm256_broadcast_ss(xb + kk);
+      g_lo[side] = _mm256_fmadd_ps(q.lo, xv, g_lo[side]);
+      g_hi[side] = _mm256_fmadd_ps(q.hi, xv, g_hi[side]);
+    });
     if ((kb + 1) % per_group != 0 && kb + 1 != kblocks) continue;
     const int64_t g = kb / per_group;
     const float* s = t.coef + g * kTileRows;
