@@ -38,38 +38,60 @@ uint32_t hsum_epi32(__m256i v) {
   return uint32_t(_mm_cvtsi128_si32(s));
 }
 
-uint64_t hsum_epi64(__m256i v) {
-  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  return uint64_t(_mm_cvtsi128_si64(s)) + uint64_t(_mm_extract_epi64(s, 1));
-}
-
 uint64_t load_u64(const uint32_t* p) {
   uint64_t v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
+// out[e] += the sum of the bytes of c[e] for e < N (4 or 8), by horizontal adds across all N at once:
+// per-accumulator reductions cost a tile call more than its loop at decode K.
+template <int N>
+void add_byte_sums(const __m256i* c, uint32_t* out) {
+  static_assert(N == 4 || N == 8, "tile sizes");
+  __m256i s[N];
+  for (int e = 0; e < N; ++e) s[e] = _mm256_sad_epu8(c[e], _mm256_setzero_si256());  // 64-bit lanes < 2^32
+  // hadd of 64-bit lanes (high halves zero) keeps one 32-bit value per lane; two more levels leave
+  // accumulator e's two half-sums in 32-bit slot e % 4 of each 128-bit half.
+  __m256i h[N / 2];
+  for (int e = 0; e < N / 2; ++e) h[e] = _mm256_hadd_epi32(s[2 * e], s[2 * e + 1]);
+  const __m256i g0 = _mm256_hadd_epi32(h[0], h[1]);
+  if constexpr (N == 4) {
+    const __m128i r = _mm_add_epi32(_mm256_castsi256_si128(g0), _mm256_extracti128_si256(g0, 1));
+    __m128i* o = reinterpret_cast<__m128i*>(out);
+    _mm_storeu_si128(o, _mm_add_epi32(_mm_loadu_si128(o), r));
+  } else {
+    const __m256i g1 = _mm256_hadd_epi32(h[2], h[3]);
+    const __m256i r = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+    __m256i* o = reinterpret_cast<__m256i*>(out);
+    _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), r));
+  }
+}
+
+// RA x kPopRowsW plane-rows: RA = kPopRowsA is the full tile, RA = 1 popcount_short[0] (decode with
+// one A plane-row, which the full tile would pair with a zero row: half its work wasted).
+template <int RA>
 void popcount_tile_avx2(const uint32_t* const* a, const uint32_t* const* w, int64_t nbytes, uint32_t* out) {
+  constexpr int kAcc = RA * kPopRowsW;
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
   constexpr int64_t kBlockVectors = 31;  // 31 * 8 < 256: byte counters cannot wrap
-  __m256i total[kPopTile];
-  for (auto& t : total) t = _mm256_setzero_si256();
+  for (int e = 0; e < kAcc; ++e) out[e] = 0;
   const int64_t vectors = nbytes / 32;
   for (int64_t v0 = 0; v0 < vectors; v0 += kBlockVectors) {
     const int64_t v1 = v0 + kBlockVectors < vectors ? v0 + kBlockVectors : vectors;
-    __m256i counts[kPopTile];
+    __m256i counts[kAcc];
     for (auto& c : counts) c = _mm256_setzero_si256();
     for (int64_t v = v0; v < v1; ++v) {
-      __m256i av[kPopRowsA];
-      for (int i = 0; i < kPopRowsA; ++i) av[i] = load(a[i] + 8 * v);
+      __m256i av[RA];
+      for (int i = 0; i < RA; ++i) av[i] = load(a[i] + 8 * v);
       for (int j = 0; j < kPopRowsW; ++j) {
         if (v % 2 == 0)  // one hint per 64-byte line; integer address math: it may point past the array
           _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w[j] + 8 * v) + kPrefetchBytes),
                        _MM_HINT_T1);
         const __m256i wv = load(w[j] + 8 * v);
-        for (int i = 0; i < kPopRowsA; ++i) {
+        for (int i = 0; i < RA; ++i) {
           const __m256i x = _mm256_and_si256(av[i], wv);
           const __m256i lo = _mm256_and_si256(x, low_nibbles);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low_nibbles);
@@ -78,13 +100,12 @@ void popcount_tile_avx2(const uint32_t* const* a, const uint32_t* const* w, int6
         }
       }
     }
-    for (int e = 0; e < kPopTile; ++e)
-      total[e] = _mm256_add_epi64(total[e], _mm256_sad_epu8(counts[e], _mm256_setzero_si256()));
+    // Straight into out: 64-bit totals in memory cost more than these sums at decode K (one block).
+    add_byte_sums<kAcc>(counts, out);
   }
-  for (int e = 0; e < kPopTile; ++e) out[e] = uint32_t(hsum_epi64(total[e]));
   // nbytes is a multiple of 16: at most one 16-byte tail.
   for (int64_t q = vectors * 4; q < nbytes / 8; ++q)
-    for (int i = 0; i < kPopRowsA; ++i)
+    for (int i = 0; i < RA; ++i)
       for (int j = 0; j < kPopRowsW; ++j)
         out[i * kPopRowsW + j] += uint32_t(_mm_popcnt_u64(load_u64(a[i] + 2 * q) & load_u64(w[j] + 2 * q)));
 }
@@ -305,8 +326,8 @@ uint32_t quantize_row_avx2(const void* x, DType dtype, int64_t k, const QuantPar
 }
 
 const CpuKernels kAvx2Kernels = {
-    "avx2",           2, 21, 6,          false,       kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_avx2, unpack_avx2, dot_narrow_avx2, dot_wide_avx2, group_popcount_avx2,
-    epilogue_row_avx2, minmax_avx2,       quantize_row_avx2, 0, 0, nullptr, {},
+    "avx2",           2, 21, 6,          false,       kPopRowsA, kPopRowsW, kDotRowsU, kDotRowsS, popcount_tile_avx2<kPopRowsA>, unpack_avx2, dot_narrow_avx2, dot_wide_avx2, group_popcount_avx2,
+    epilogue_row_avx2, minmax_avx2,       quantize_row_avx2, 0, 0, nullptr, {popcount_tile_avx2<1>},
 };
 
 }  // namespace
