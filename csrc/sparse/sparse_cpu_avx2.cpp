@@ -1,7 +1,7 @@
 // AVX2 SpMM kernels (sparse_cpu_kernels.h). AVX2 has no expand instruction, so each mask byte (4 rows x
-// 2 columns) picks a shuffle from a 256-entry table: PSHUFB for 16-bit values, VPERMPS + a lane mask for
-// fp32. One token: two strips at a time decode straight into FMAs against the broadcast fp32 pair of x.
-// More tokens: units are expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to decode
+// 2 columns) picks a shuffle from a 256-entry table: PSHUFB for 16-bit values (bf16 straight into fp32
+// slots), VPERMPS + a lane mask for fp32. One token: two strips at a time decode straight into FMAs
+// against the broadcast fp32 pair of x. More tokens: units are expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to decode
 // in the multiply loop), then FMA one strip by up to kBlock tokens at a time; the pairs are summed once
 // in the epilogue.
 #include <immintrin.h>
@@ -23,7 +23,9 @@ constexpr int kBlock = 3;  // tokens per register block: 4 x 3 accumulators + 3 
 
 // Shuffles that expand the values of one mask byte (elements 2 r + j, r < 4) to 8 slots.
 struct ExpandTables {
-  alignas(16) uint8_t shuffle16[256][16];  // PSHUFB control: bytes of 16-bit value `rank`, or 0x80 (zero)
+  alignas(32) uint8_t bf16_f32[256][32];   // PSHUFB control: bytes of bf16 value `rank` into the high half of
+                                           // each fp32 slot, or 0x80 (zero); first: its address is b << 5
+  alignas(16) uint8_t shuffle16[256][16];  // the same for 16-bit slots
   alignas(32) int32_t perm32[256][8];      // VPERMPS index of each slot's value
   alignas(32) int32_t keep32[256][8];      // all ones where the slot's bit is set
 
@@ -34,6 +36,9 @@ struct ExpandTables {
         const bool set = (b >> i) & 1;
         shuffle16[b][2 * i] = set ? uint8_t(2 * rank) : 0x80;
         shuffle16[b][2 * i + 1] = set ? uint8_t(2 * rank + 1) : 0x80;
+        bf16_f32[b][4 * i] = bf16_f32[b][4 * i + 1] = 0x80;
+        bf16_f32[b][4 * i + 2] = shuffle16[b][2 * i];
+        bf16_f32[b][4 * i + 3] = shuffle16[b][2 * i + 1];
         perm32[b][i] = set ? rank : 0;
         keep32[b][i] = set ? -1 : 0;
         rank += set;
@@ -52,28 +57,40 @@ struct Unit {
   __m256 q[4];
 };
 
-// Expands the unit with this mask from the strip values at pv (advanced past them).
+// Expands the unit whose mask is at mask_ptr from the strip values at pv (advanced past them). The mask
+// bytes are read from memory: one load each instead of a shift and a zero-extension.
 template <DType D>
-inline Unit expand_unit(uint32_t mask, const void*& pv, const ExpandTables& tab) {
+inline Unit expand_unit(const uint32_t* mask_ptr, const void*& pv, const ExpandTables& tab) {
+  const uint8_t* mask = reinterpret_cast<const uint8_t*>(mask_ptr);  // byte q: bits 8q .. 8q + 7
   Unit w;
   if constexpr (D == DType::f32) {
     const float* p = static_cast<const float*>(pv);
     for (int q = 0; q < 4; ++q) {
-      const unsigned b = (mask >> (8 * q)) & 0xffu;
+      const unsigned b = mask[q];
       const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p),
                                                 _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.perm32[b])));
       w.q[q] = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(tab.keep32[b]))));
       p += __builtin_popcount(b);
     }
     pv = p;
+  } else if constexpr (D == DType::bf16) {
+    // One in-lane shuffle of the values (both halves of the register) makes the fp32 slots.
+    const uint16_t* p = static_cast<const uint16_t*>(pv);
+    for (int q = 0; q < 4; ++q) {
+      const unsigned b = mask[q];
+      const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      w.q[q] = _mm256_castsi256_ps(
+          _mm256_shuffle_epi8(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.bf16_f32[b]))));
+      p += __builtin_popcount(b);
+    }
+    pv = p;
   } else {
     const uint16_t* p = static_cast<const uint16_t*>(pv);
     for (int q = 0; q < 4; ++q) {
-      const unsigned b = (mask >> (8 * q)) & 0xffu;
+      const unsigned b = mask[q];
       const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
                                          _mm_load_si128(reinterpret_cast<const __m128i*>(tab.shuffle16[b])));
-      if constexpr (D == DType::f16) w.q[q] = _mm256_cvtph_ps(v);
-      else w.q[q] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+      w.q[q] = _mm256_cvtph_ps(v);
       p += __builtin_popcount(b);
     }
     pv = p;
@@ -165,7 +182,7 @@ void one_token(const Task& t, Streams<void>& s, const ExpandTables& tab) {
     for (int64_t u = 0; u < units; ++u) {
       const __m256 b = _mm256_castpd_ps(_mm256_broadcast_sd(x + u));
       for (int g = 0; g < 2; ++g) {
-        const Unit w = expand_unit<D>(masks[g][u], vals[g], tab);
+        const Unit w = expand_unit<D>(masks[g] + u, vals[g], tab);
         for (int q = 0; q < 4; ++q) acc[g][q] = _mm256_fmadd_ps(w.q[q], b, acc[g][q]);
       }
     }
@@ -189,7 +206,7 @@ void run_dtype(const Task& t) {
     const int64_t nu = std::min(kTileUnits, units - u0);
     for (int64_t u = 0; u < nu; ++u)
       for (int g = 0; g < G; ++g) {
-        const Unit w = expand_unit<D>(s.masks[g][u0 + u], s.vals[g], tab);
+        const Unit w = expand_unit<D>(s.masks[g] + u0 + u, s.vals[g], tab);
         for (int q = 0; q < 4; ++q) _mm256_store_ps(tile + (u * G + g) * 32 + 8 * q, w.q[q]);
       }
     const bool first = u0 == 0, last = u0 + nu == units;
