@@ -234,6 +234,27 @@ def test_spmm_cpu_kernels(gen, sparse_kernels, dtype, n):
             _check_spmm(y, x, w, bias)
 
 
+@pytest.mark.parametrize("sparse_kernels", SPARSE_KERNELS, indirect=True)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("n,nthreads", [(2, 1), (7, 1), (9, 1), (17, 1), (20, 2), (64, 2), (300, 1)])
+def test_spmm_cpu_kernels_mixed_density(gen, sparse_kernels, dtype, n, nthreads):
+    """A 95%-sparse weight (AVX2: the per-nonzero path for several tokens, at most 20% dense) whose second
+    strip group is 70% sparse (the dense tile), a partial last group and chunk; token ranges split across
+    threads at offsets that are not multiples of 8, two slabs (300), strided x, NaN-poisoned outputs."""
+    w = _pruned(gen, 150, 300, 0.95)
+    w[64:128] = _pruned(gen, 64, 300, 0.7)
+    w = w.to(dtype)
+    sw = _pack(w)
+    padded = 320  # columns rounded up to 64; 10 strips of 16 rows
+    assert sw.nnz / (160 * padded) <= 0.2 < int((w[64:128] != 0).sum()) / (64 * padded)
+    x = torch.randn(n, 600, generator=gen).to(dtype)[:, ::2]
+    for bias in (torch.randn(150, generator=gen).to(dtype), None):
+        y = torch.full((n, 150), float("nan"), dtype=dtype)
+        _C.sparse_spmm(x, sw.masks, sw.values, sw.strip_offsets, sw.chunk_offsets, 150, 300, bias, y,
+                       nthreads=nthreads)
+        _check_spmm(y, x, w, bias)
+
+
 def test_spmm_large_shape_many_tasks(gen):
     m, k, n = 1000, 1500, 33
     w = _pruned(gen, m, k, 0.8, torch.bfloat16)

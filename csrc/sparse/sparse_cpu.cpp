@@ -130,6 +130,22 @@ void pack_x_strided(const void* x, int64_t x_stride, int64_t x_col_stride, DType
   }
 }
 
+// Nonzeros per padded element of the whole weight.
+double density(const Weight& w) {
+  const int64_t strips = num_strips(w.m);
+  return strips ? double(w.strip_offsets[strips]) / (double(strips * kStripRows) * double(padded_cols(w.k))) : 0.0;
+}
+
+// PackedX::by_column from the fp32 token rows xp [n][kp], in blocks of 64 columns (the rows stay in
+// cache while their block is written).
+void transpose_packed_x(const float* xp, int64_t n, int64_t kp, int64_t column_stride, float* out) {
+  for (int64_t c0 = 0; c0 < kp; c0 += kChunkCols) {
+    for (int64_t c = c0; c < c0 + kChunkCols; ++c) std::fill(out + c * column_stride + n, out + (c + 1) * column_stride, 0.0f);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t c = c0; c < c0 + kChunkCols; ++c) out[c * column_stride + t] = xp[t * kp + c];
+  }
+}
+
 }  // namespace
 
 std::string cpu_kernel_name() { return active_kernels().name; }
@@ -169,6 +185,15 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
     const void* x = static_cast<const char*>(p.x) + slab0 * p.x_stride * elem;
     if (p.x_col_stride == 1) kern.pack_x(x, p.x_stride, w.dtype, ns, w.k, kp, xp);
     else pack_x_strided(x, p.x_stride, p.x_col_stride, w.dtype, x_bytes == 2, ns, w.k, kp, xp);
+    thread_local AlignedBuffer packed_columns;
+    int64_t column_stride = 16;
+    while (column_stride < ns + 7) column_stride *= 2;
+    const bool by_column = kern.by_column && ns >= 2 && x_bytes == 4 && density(w) <= detail::kSparsePathDensity;
+    float* columns = nullptr;  // the caller's thread_local: workers get the pointer
+    if (by_column) {
+      columns = static_cast<float*>(packed_columns.grow(size_t(kp * column_stride) * sizeof(float)));
+      transpose_packed_x(static_cast<const float*>(xp), ns, kp, column_stride, columns);
+    }
     // Few strip groups (small M): split the tokens too, so every thread has work.
     const int64_t parts = std::clamp(ceil_div(int64_t(kTasksPerThread) * nthreads, groups), int64_t(1),
                                      ceil_div(ns, kMinPartTokens));
@@ -179,6 +204,8 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
         Task t;
         t.w = &w;
         t.x = {xp, kp};
+        t.x.by_column = columns;
+        t.x.column_stride = column_stride;
         t.strip0 = (i / parts) * G;
         t.token0 = (i % parts) * part_tokens;
         t.tokens = std::min(part_tokens, ns - t.token0);

@@ -3,7 +3,7 @@
 // slots), VPERMPS + a lane mask for fp32. One token: two strips at a time decode straight into FMAs
 // against the broadcast fp32 pair of x. More tokens: units are expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to decode
 // in the multiply loop), then FMA one strip by up to kBlock tokens at a time; the pairs are summed once
-// in the epilogue.
+// in the epilogue. Very sparse strip groups with several tokens take the sparse path (below) instead.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -195,11 +195,155 @@ void one_token(const Task& t, Streams<void>& s, const ExpandTables& tab) {
   }
 }
 
+// ---- Sparse path (strip groups at most kSparsePathDensity dense, several tokens) ----------------------
+// Work per nonzero instead of per element. Per 64-column chunk of one strip, the nonzeros' positions are
+// decoded once into codes (column in the chunk * 16 + row, in value order) and their values widened to
+// fp32; then, per block of 8 tokens, each nonzero adds value * x[column][8 tokens] (PackedX::by_column)
+// into its row's 8 accumulators in memory. Measured on Zen 3 (2 threads, 11008 x 4096, bf16), against the
+// dense tile: 8 tokens 7.5 -> 4.9 ms at 90% sparsity, 5.9 ms at 85%, even at 80% (kSparsePathDensity);
+// 32 tokens 20.9 -> 14.9 ms at 90%. Decoding the codes costs about as much as the adds at 8 tokens.
+constexpr int kSparseTokens = 8;                            // one ymm of accumulators per row
+// Accumulator rows per token block: each row's adds are split four ways by column and unit parity (code
+// & 63) so that consecutive nonzeros of a row do not chain through memory (store-to-load forwarding).
+constexpr int kAccRows = 4 * kStripRows;
+constexpr int64_t kChunkNnz = kUnitsPerChunk * kUnitElems;  // most nonzeros in a chunk (1024)
+
+// Codes of a mask byte's set bits in order: bit i = 2 r + j (row r of the byte's 4, column j) as j * 16 + r.
+struct CodeTable {
+  alignas(16) uint16_t codes[256][8];
+  CodeTable() {
+    for (int b = 0; b < 256; ++b) {
+      std::fill(codes[b], codes[b] + 8, uint16_t(0));
+      for (int i = 0, rank = 0; i < 8; ++i)
+        if ((b >> i) & 1) codes[b][rank++] = uint16_t((i & 1) * 16 + (i >> 1));
+    }
+  }
+};
+
+const CodeTable& code_table() {
+  static const CodeTable t;
+  return t;
+}
+
+// Codes of the nonzeros of chunk units [0, nu) (masks from mask_ptr); returns their count. Each mask byte
+// stores 8 codes (its set bits' first, the rest overwritten next), so codes has room for kChunkNnz + 8.
+inline int64_t decode_chunk(const uint32_t* mask_ptr, int64_t nu, uint16_t* codes, const CodeTable& tab) {
+  const uint8_t* mask = reinterpret_cast<const uint8_t*>(mask_ptr);
+  const __m128i row_step = _mm_set1_epi16(4), unit_step = _mm_set1_epi16(2 * 16);
+  __m128i unit_base = _mm_setzero_si128();  // 2 u * 16: unit u's first column
+  int64_t n = 0;
+  for (int64_t u = 0; u < nu; ++u, unit_base = _mm_add_epi16(unit_base, unit_step)) {
+    __m128i base = unit_base;  // + 4 q: byte q holds rows 4q .. 4q + 3
+    for (int q = 0; q < 4; ++q, base = _mm_add_epi16(base, row_step)) {
+      const unsigned b = mask[4 * u + q];
+      const __m128i c = _mm_add_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(tab.codes[b])), base);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + n), c);
+      n += __builtin_popcount(b);
+    }
+  }
+  return n;
+}
+
+// The chunk's n values as fp32 (f32: the stream itself); pv advances past them. Reads up to 7 values
+// past them: the strip's successors or the values' kValuePad zeros.
+template <DType D>
+inline const float* widen_values(const void*& pv, int64_t n, float* out) {
+  if constexpr (D == DType::f32) {
+    const float* p = static_cast<const float*>(pv);
+    pv = p + n;
+    return p;
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(pv);
+    for (int64_t i = 0; i < n; i += 8) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const __m256 f = D == DType::f16 ? _mm256_cvtph_ps(v) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+      _mm256_storeu_ps(out + i, f);
+    }
+    pv = p + n;
+    return out;
+  }
+}
+
+// Rows 0..7 of an 8 x 8 block (row r at m + 8 r) transposed: out[t] holds element t of every row.
+inline void transpose8(const float* m, __m256 (&out)[8]) {
+  __m256 r[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(m + 8 * i);
+  for (int i = 0; i < 8; i += 2) {
+    u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      r[i + h] = _mm256_shuffle_ps(u[i + h], u[i + h + 2], 0x44);
+      r[i + h + 2] = _mm256_shuffle_ps(u[i + h], u[i + h + 2], 0xee);
+    }
+  // r[0..3]: columns {0, 4}, {2, 6}, {1, 5}, {3, 7} of rows 0-3; r[4..7] the same for rows 4-7.
+  const int col_of[4] = {0, 2, 1, 3};
+  for (int i = 0; i < 4; ++i) {
+    out[col_of[i]] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    out[col_of[i] + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+}
+
+template <DType D>
+void sparse_strips(const Task& t, Streams<void>& s) {
+  const CodeTable& tab = code_table();
+  const int64_t units = units_per_strip(t.w->k), cs = t.x.column_stride;
+  const int column_shift = __builtin_ctzll(uint64_t(cs)) - 4;  // code & ~15 (column * 16) -> column * cs
+  const int64_t blocks = (t.tokens + kSparseTokens - 1) / kSparseTokens;
+  float* acc = t.scratch;  // [block][4 parts][16 rows][8 tokens]
+  uint16_t* codes = reinterpret_cast<uint16_t*>(acc + blocks * kAccRows * kSparseTokens);
+  float* widened = reinterpret_cast<float*>(codes + kChunkNnz + 16);
+  for (int g = 0; g < G; ++g) {
+    if (!s.rows[g]) continue;
+    std::fill(acc, acc + blocks * kAccRows * kSparseTokens, 0.0f);
+    for (int64_t u0 = 0; u0 < units; u0 += kUnitsPerChunk) {
+      const int64_t n = decode_chunk(s.masks[g] + u0, std::min<int64_t>(kUnitsPerChunk, units - u0), codes, tab);
+      const float* v = widen_values<D>(s.vals[g], n, widened);
+      const float* x0 = t.x.by_column + 2 * u0 * cs + t.token0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        float* a = acc + b * kAccRows * kSparseTokens;
+        const float* x = x0 + b * kSparseTokens;
+        for (int64_t i = 0; i < n; ++i) {
+          const size_t code = codes[i];
+          float* ar = a + (code & 63) * kSparseTokens;
+          const float* xc = x + ((code & ~size_t(15)) << column_shift);
+          _mm256_store_ps(ar, _mm256_fmadd_ps(_mm256_broadcast_ss(v + i), _mm256_loadu_ps(xc), _mm256_load_ps(ar)));
+        }
+      }
+    }
+    const int64_t r0 = (t.strip0 + g) * kStripRows;
+    for (int64_t b = 0; b < blocks; ++b) {
+      float* a = acc + b * kAccRows * kSparseTokens;  // parts 1..3 into part 0
+      for (int e = 0; e < kStripRows * kSparseTokens; e += 8) {
+        __m256 v = _mm256_load_ps(a + e);
+        for (int part = 1; part < 4; ++part) v = _mm256_add_ps(v, _mm256_load_ps(a + part * kStripRows * kSparseTokens + e));
+        _mm256_store_ps(a + e, v);
+      }
+      for (int half = 0; half < 2 && half * 8 < s.rows[g]; ++half) {
+        __m256 rows[8];  // rows[tk]: rows 8 half .. 8 half + 7 of token 8 b + tk
+        transpose8(a + 8 * half * kSparseTokens, rows);
+        for (int tk = 0; tk < kSparseTokens && b * kSparseTokens + tk < t.tokens; ++tk)
+          store_rows8<D>(rows[tk], t, b * kSparseTokens + tk, r0 + 8 * half, s.rows[g] - 8 * half);
+      }
+    }
+  }
+}
+
+// Nonzeros per padded element of the task's strips.
+double group_density(const Task& t) {
+  const Weight& w = *t.w;
+  const int64_t end = std::min(t.strip0 + G, num_strips(w.m));
+  return double(w.strip_offsets[end] - w.strip_offsets[t.strip0]) /
+         (double((end - t.strip0) * kStripRows) * double(padded_cols(w.k)));
+}
+
 template <DType D>
 void run_dtype(const Task& t) {
   Streams<void> s = open_streams<void>(t);
   const ExpandTables& tab = tables();
   if (t.tokens == 1) return one_token<D>(t, s, tab);
+  if (t.x.by_column && group_density(t) <= kSparsePathDensity) return sparse_strips<D>(t, s);
   const int64_t units = units_per_strip(t.w->k);
   float* tile = t.scratch + t.tokens * G * 32;
   for (int64_t u0 = 0; u0 < units; u0 += kTileUnits) {
@@ -228,7 +372,11 @@ void run(const Task& t) {
   }
 }
 
-int64_t scratch_floats(int64_t tokens) { return tokens * G * 32 + kTileUnits * G * 32; }
+int64_t scratch_floats(int64_t tokens) {
+  const int64_t sparse_path = (tokens + kSparseTokens - 1) / kSparseTokens * kAccRows * kSparseTokens +
+                              (kChunkNnz + 16) / 2 + kChunkNnz + 8;
+  return std::max(tokens * G * 32 + kTileUnits * G * 32, sparse_path);
+}
 
 template <DType D>
 void pack_x_rows(const void* x, int64_t x_stride, int64_t n, int64_t k, int64_t kp, float* out) {
@@ -260,7 +408,7 @@ void pack_x(const void* x, int64_t x_stride, DType dtype, int64_t n, int64_t k, 
 }  // namespace
 
 const CpuKernels& avx2_kernels() {
-  static const CpuKernels k = {"avx2", false, pack_x, run, scratch_floats};
+  static const CpuKernels k = {"avx2", false, pack_x, run, scratch_floats, true};
   return k;
 }
 

@@ -5,7 +5,8 @@
 // once: units are expanded to dense (r, j) pairs in registers and multiplied by broadcast pairs of x
 // (compute-as-dense: zeros cost compute, never bytes). With few tokens the expanded units feed the
 // multiply directly; with more, a chunk of units is expanded once into a small dense tile (L1) that
-// every block of tokens reuses.
+// every block of tokens reuses. Kernels with by_column also have a sparse path for very sparse strip
+// groups and several tokens: work per nonzero (kSparsePathDensity).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -25,7 +26,17 @@ constexpr int kGroupStrips = 4;  // strips decoded side by side (independent str
 struct PackedX {
   const void* data = nullptr;
   int64_t stride = 0;  // elements between token rows (>= Kp)
+  // Kernels with by_column, for weights at most kSparsePathDensity dense and several tokens: x again as
+  // fp32 columns, element (token t, column c) at by_column[c * column_stride + t] (t relative to data's
+  // first row; zero past the tokens and past k; column_stride is a power of two >= 16 and >= tokens + 7:
+  // 8 tokens load from any t, and a column's offset is a shift).
+  const float* by_column = nullptr;
+  int64_t column_stride = 0;
 };
+
+// Strip groups at most this dense (nonzeros / padded elements) take the sparse path of kernels with
+// by_column: work per nonzero instead of per element (sparse_cpu_avx2.cpp has the crossover).
+constexpr double kSparsePathDensity = 0.2;
 
 struct Task {
   const Weight* w = nullptr;
@@ -45,6 +56,7 @@ struct CpuKernels {
   void (*pack_x)(const void* x, int64_t x_stride, DType dtype, int64_t n, int64_t k, int64_t kp, void* out);
   void (*run)(const Task& t);
   int64_t (*scratch_floats)(int64_t tokens);
+  bool by_column = false;  // reads PackedX::by_column when the driver provides it
 };
 
 // Each including translation unit gets its own copy (anonymous namespace): an inline function shared
