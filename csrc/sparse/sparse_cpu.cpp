@@ -186,8 +186,7 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
     if (p.x_col_stride == 1) kern.pack_x(x, p.x_stride, w.dtype, ns, w.k, kp, xp);
     else pack_x_strided(x, p.x_stride, p.x_col_stride, w.dtype, x_bytes == 2, ns, w.k, kp, xp);
     thread_local AlignedBuffer packed_columns;
-    int64_t column_stride = 16;
-    while (column_stride < ns + 7) column_stride *= 2;
+    const int64_t column_stride = (ns + 7 + 7) / 8 * 8;
     const bool by_column = kern.by_column && ns >= 2 && x_bytes == 4 && density(w) <= detail::kSparsePathDensity;
     float* columns = nullptr;  // the caller's thread_local: workers get the pointer
     if (by_column) {

@@ -289,7 +289,6 @@ template <DType D>
 void sparse_strips(const Task& t, Streams<void>& s) {
   const CodeTable& tab = code_table();
   const int64_t units = units_per_strip(t.w->k), cs = t.x.column_stride;
-  const int column_shift = __builtin_ctzll(uint64_t(cs)) - 4;  // code & ~15 (column * 16) -> column * cs
   const int64_t blocks = (t.tokens + kSparseTokens - 1) / kSparseTokens;
   float* acc = t.scratch;  // [block][4 parts][16 rows][8 tokens]
   uint16_t* codes = reinterpret_cast<uint16_t*>(acc + blocks * kAccRows * kSparseTokens);
@@ -307,7 +306,7 @@ void sparse_strips(const Task& t, Streams<void>& s) {
         for (int64_t i = 0; i < n; ++i) {
           const size_t code = codes[i];
           float* ar = a + (code & 63) * kSparseTokens;
-          const float* xc = x + ((code & ~size_t(15)) << column_shift);
+          const float* xc = x + (code >> 4) * cs;
           _mm256_store_ps(ar, _mm256_fmadd_ps(_mm256_broadcast_ss(v + i), _mm256_loadu_ps(xc), _mm256_load_ps(ar)));
         }
       }

@@ -28,8 +28,7 @@ struct PackedX {
   int64_t stride = 0;  // elements between token rows (>= Kp)
   // Kernels with by_column, for weights at most kSparsePathDensity dense and several tokens: x again as
   // fp32 columns, element (token t, column c) at by_column[c * column_stride + t] (t relative to data's
-  // first row; zero past the tokens and past k; column_stride is a power of two >= 16 and >= tokens + 7:
-  // 8 tokens load from any t, and a column's offset is a shift).
+  // first row; zero past the tokens and past k; column_stride >= tokens + 7, so 8 tokens load from any t).
   const float* by_column = nullptr;
   int64_t column_stride = 0;
 };
