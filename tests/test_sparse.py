@@ -309,11 +309,15 @@ def test_spmm_threads_deterministic(gen):
     assert torch.equal(y1, y2)
 
 
-def test_spmm_non_finite_x_matches_dense_semantics(gen):
-    """Compute-as-dense: an inf in x meets the stored zeros of W as 0 * inf = NaN, like F.linear."""
-    w = _pruned(gen, 16, 64, 0.5)
-    x = torch.randn(2, 64, generator=gen)
+@pytest.mark.parametrize("sparse_kernels", SPARSE_KERNELS, indirect=True)
+@pytest.mark.parametrize("sparsity,n", [(0.5, 2), (0.95, 1), (0.95, 9)])
+def test_spmm_non_finite_x_matches_dense_semantics(gen, sparse_kernels, sparsity, n):
+    """An inf or NaN in x meets the stored zeros of W as 0 * inf = NaN, like F.linear, on every path (the
+    AVX2 per-nonzero path, which skips zeros, steps aside for such x)."""
+    w = _pruned(gen, 40, 200, sparsity)
+    x = torch.randn(n, 200, generator=gen)
     x[0, 3] = float("inf")
+    x[n - 1, 150] = float("nan")
     y = sparse.spmm(x, _pack(w))
     torch.testing.assert_close(y, torch.nn.functional.linear(x, w), equal_nan=True)
 

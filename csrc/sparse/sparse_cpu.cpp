@@ -137,13 +137,21 @@ double density(const Weight& w) {
 }
 
 // PackedX::by_column from the fp32 token rows xp [n][kp], in blocks of 64 columns (the rows stay in
-// cache while their block is written).
-void transpose_packed_x(const float* xp, int64_t n, int64_t kp, int64_t column_stride, float* out) {
+// cache while their block is written). Returns whether every value is finite: the sparse path skips the
+// stored zeros, so an inf or NaN in x would not meet them as 0 * inf = NaN the way F.linear (and the
+// dense paths) do; such calls keep the dense paths.
+bool transpose_packed_x(const float* xp, int64_t n, int64_t kp, int64_t column_stride, float* out) {
+  bool finite = true;
   for (int64_t c0 = 0; c0 < kp; c0 += kChunkCols) {
     for (int64_t c = c0; c < c0 + kChunkCols; ++c) std::fill(out + c * column_stride + n, out + (c + 1) * column_stride, 0.0f);
     for (int64_t t = 0; t < n; ++t)
-      for (int64_t c = c0; c < c0 + kChunkCols; ++c) out[c * column_stride + t] = xp[t * kp + c];
+      for (int64_t c = c0; c < c0 + kChunkCols; ++c) {
+        const float v = xp[t * kp + c];
+        finite &= v - v == 0.0f;  // false for inf and NaN
+        out[c * column_stride + t] = v;
+      }
   }
+  return finite;
 }
 
 }  // namespace
@@ -187,11 +195,10 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
     else pack_x_strided(x, p.x_stride, p.x_col_stride, w.dtype, x_bytes == 2, ns, w.k, kp, xp);
     thread_local AlignedBuffer packed_columns;
     const int64_t column_stride = (ns + 7 + 7) / 8 * 8;
-    const bool by_column = kern.by_column && ns >= 2 && x_bytes == 4 && density(w) <= detail::kSparsePathDensity;
     float* columns = nullptr;  // the caller's thread_local: workers get the pointer
-    if (by_column) {
+    if (kern.by_column && ns >= 2 && x_bytes == 4 && density(w) <= detail::kSparsePathDensity) {
       columns = static_cast<float*>(packed_columns.grow(size_t(kp * column_stride) * sizeof(float)));
-      transpose_packed_x(static_cast<const float*>(xp), ns, kp, column_stride, columns);
+      if (!transpose_packed_x(static_cast<const float*>(xp), ns, kp, column_stride, columns)) columns = nullptr;
     }
     // Few strip groups (small M): split the tokens too, so every thread has work.
     const int64_t parts = std::clamp(ceil_div(int64_t(kTasksPerThread) * nthreads, groups), int64_t(1),
