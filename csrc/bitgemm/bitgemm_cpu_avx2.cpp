@@ -62,7 +62,8 @@ void add_byte_sums(const __m256i* c, uint32_t* out) {
     _mm_storeu_si128(o, _mm_add_epi32(_mm_loadu_si128(o), r));
   } else {
     const __m256i g1 = _mm256_hadd_epi32(h[2], h[3]);
-    const __m256i r = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+    const __m256i r =
+        _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
     __m256i* o = reinterpret_cast<__m256i*>(out);
     _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), r));
   }

@@ -143,7 +143,8 @@ double density(const Weight& w) {
 bool transpose_packed_x(const float* xp, int64_t n, int64_t kp, int64_t column_stride, float* out) {
   bool finite = true;
   for (int64_t c0 = 0; c0 < kp; c0 += kChunkCols) {
-    for (int64_t c = c0; c < c0 + kChunkCols; ++c) std::fill(out + c * column_stride + n, out + (c + 1) * column_stride, 0.0f);
+    for (int64_t c = c0; c < c0 + kChunkCols; ++c)
+      std::fill(out + c * column_stride + n, out + (c + 1) * column_stride, 0.0f);
     for (int64_t t = 0; t < n; ++t)
       for (int64_t c = c0; c < c0 + kChunkCols; ++c) {
         const float v = xp[t * kp + c];

@@ -1,9 +1,10 @@
 // AVX2 SpMM kernels (sparse_cpu_kernels.h). AVX2 has no expand instruction, so each mask byte (4 rows x
 // 2 columns) picks a shuffle from a 256-entry table: PSHUFB for 16-bit values (bf16 straight into fp32
 // slots), VPERMPS + a lane mask for fp32. One token: two strips at a time decode straight into FMAs
-// against the broadcast fp32 pair of x. More tokens: units are expanded into a tile of fp32 (r, j) pairs (16 registers leave no room to decode
-// in the multiply loop), then FMA one strip by up to kBlock tokens at a time; the pairs are summed once
-// in the epilogue. Very sparse strip groups with several tokens take the sparse path (below) instead.
+// against the broadcast fp32 pair of x. More tokens: units are expanded into a tile of fp32 (r, j) pairs
+// (16 registers leave no room to decode in the multiply loop), then FMA one strip by up to kBlock tokens
+// at a time; the pairs are summed once in the epilogue. Very sparse strip groups with several tokens take
+// the sparse path (below) instead.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -256,7 +257,8 @@ inline const float* widen_values(const void*& pv, int64_t n, float* out) {
     const uint16_t* p = static_cast<const uint16_t*>(pv);
     for (int64_t i = 0; i < n; i += 8) {
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      const __m256 f = D == DType::f16 ? _mm256_cvtph_ps(v) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+      const __m256 f = D == DType::f16 ? _mm256_cvtph_ps(v)
+                                       : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
       _mm256_storeu_ps(out + i, f);
     }
     pv = p + n;
@@ -316,7 +318,8 @@ void sparse_strips(const Task& t, Streams<void>& s) {
       float* a = acc + b * kAccRows * kSparseTokens;  // parts 1..3 into part 0
       for (int e = 0; e < kStripRows * kSparseTokens; e += 8) {
         __m256 v = _mm256_load_ps(a + e);
-        for (int part = 1; part < 4; ++part) v = _mm256_add_ps(v, _mm256_load_ps(a + part * kStripRows * kSparseTokens + e));
+        for (int part = 1; part < 4; ++part)
+          v = _mm256_add_ps(v, _mm256_load_ps(a + part * kStripRows * kSparseTokens + e));
         _mm256_store_ps(a + e, v);
       }
       for (int half = 0; half < 2 && half * 8 < s.rows[g]; ++half) {
