@@ -100,7 +100,6 @@ struct BackwardWork : Work {
   const void* weight_t = nullptr;      // shared weight, grad x1 or x2 wanted: [wt_numel] (CompiledPath::wt)
 };
 
-
 // Scratch of one piece of work, in elements of the problem's dtype: part p starts at offsets[p] (a
 // multiple of kLanePad); offsets[kScratchParts] is the total.
 enum ScratchPart {

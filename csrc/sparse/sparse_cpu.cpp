@@ -130,12 +130,6 @@ void pack_x_strided(const void* x, int64_t x_stride, int64_t x_col_stride, DType
   }
 }
 
-// Nonzeros per padded element of the whole weight.
-double density(const Weight& w) {
-  const int64_t strips = num_strips(w.m);
-  return strips ? double(w.strip_offsets[strips]) / (double(strips * kStripRows) * double(padded_cols(w.k))) : 0.0;
-}
-
 // PackedX::by_column from the fp32 token rows xp [n][kp], in blocks of 64 columns (the rows stay in
 // cache while their block is written). Returns whether every value is finite: the sparse path skips the
 // stored zeros, so an inf or NaN in x would not meet them as 0 * inf = NaN the way F.linear (and the
@@ -197,7 +191,8 @@ void spmm_cpu(const SpmmProblem& p, int nthreads) {
     thread_local AlignedBuffer packed_columns;
     const int64_t column_stride = (ns + 7 + 7) / 8 * 8;
     float* columns = nullptr;  // the caller's thread_local: workers get the pointer
-    if (kern.by_column && ns >= 2 && x_bytes == 4 && density(w) <= detail::kSparsePathDensity) {
+    const bool sparse_enough = detail::strip_density(w, 0, num_strips(w.m)) <= detail::kSparsePathDensity;
+    if (kern.by_column && ns >= 2 && x_bytes == 4 && sparse_enough) {
       columns = static_cast<float*>(packed_columns.grow(size_t(kp * column_stride) * sizeof(float)));
       if (!transpose_packed_x(static_cast<const float*>(xp), ns, kp, column_stride, columns)) columns = nullptr;
     }

@@ -337,20 +337,13 @@ void sparse_strips(const Task& t, Streams<void>& s) {
   }
 }
 
-// Nonzeros per padded element of the task's strips.
-double group_density(const Task& t) {
-  const Weight& w = *t.w;
-  const int64_t end = std::min(t.strip0 + G, num_strips(w.m));
-  return double(w.strip_offsets[end] - w.strip_offsets[t.strip0]) /
-         (double((end - t.strip0) * kStripRows) * double(padded_cols(w.k)));
-}
-
 template <DType D>
 void run_dtype(const Task& t) {
   Streams<void> s = open_streams<void>(t);
   const ExpandTables& tab = tables();
   if (t.tokens == 1) return one_token<D>(t, s, tab);
-  if (t.x.by_column && group_density(t) <= kSparsePathDensity) return sparse_strips<D>(t, s);
+  const int64_t strip_end = std::min(t.strip0 + G, num_strips(t.w->m));
+  if (t.x.by_column && strip_density(*t.w, t.strip0, strip_end) <= kSparsePathDensity) return sparse_strips<D>(t, s);
   const int64_t units = units_per_strip(t.w->k);
   float* tile = t.scratch + t.tokens * G * 32;
   for (int64_t u0 = 0; u0 < units; u0 += kTileUnits) {

@@ -89,6 +89,13 @@ Streams<V> open_streams(const Task& t) {
   return s;
 }
 
+// Nonzeros per padded element of strips [s0, s1) (s0 < s1): the driver asks it of the whole weight,
+// kernels of a task's strip group (kSparsePathDensity).
+inline double strip_density(const Weight& w, int64_t s0, int64_t s1) {
+  return double(w.strip_offsets[s1] - w.strip_offsets[s0]) /
+         (double((s1 - s0) * kStripRows) * double(padded_cols(w.k)));
+}
+
 // Calls f(std::integral_constant<int, n>) for a run-time n in [Lo, Hi]: the register-blocked loops take
 // their token count as a template argument.
 template <int Lo, int Hi, class F>
